@@ -1,0 +1,198 @@
+"""The ``tell_*`` config keys, their defaults and their validation.
+
+Axolotl merges :class:`TellArgs` into its config schema, so these checks run
+while the YAML is loaded: before any dataset or model is touched. Every error
+names the key and says how to fix it.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from pydantic import BaseModel, Field, model_validator
+
+from axolotl_tell.plan import SHORTFALL_POLICIES, SPREADS
+
+PLACEMENTS = ("auto", "system", "prefix")
+DEFAULT_GENERAL_RATIO = 50.0
+DEFAULT_SEPARATOR = "\n\n"
+
+# Axolotl features that would undo or bypass the planned mix.
+_UNSUPPORTED_WITH_TELL = {
+    "pretraining_dataset": "TELL mixes supervised instruction data; remove `pretraining_dataset`",
+    "streaming": "TELL needs the whole general pool to plan the mix; set `streaming: false`",
+    "rl": "TELL plans supervised fine-tuning data; remove `rl:` (preference training is not supported)",
+    "skip_prepare_dataset": "TELL must tokenize to count supervised tokens; remove `skip_prepare_dataset`",
+    "group_by_length": "group_by_length reorders rows and breaks the planned spread; remove it",
+}
+
+
+class TellConfigError(ValueError):
+    """A ``tell_*`` key (or a key that conflicts with TELL) is wrong."""
+
+
+class TellArgs(BaseModel):
+    """Config keys of the TELL plugin (all optional until ``tell_task_datasets`` is set)."""
+
+    tell_task_datasets: list[dict[str, Any]] | None = Field(
+        default=None,
+        json_schema_extra={
+            "description": "The scarce task data: entries with the same schema and `type`s as `datasets:`."
+        },
+    )
+    tell_anchor: str | None = Field(
+        default=None,
+        json_schema_extra={"description": "The anchor prompt added to every task row (and at inference)."},
+    )
+    tell_anchor_file: str | None = Field(
+        default=None, json_schema_extra={"description": "Read the anchor from this text file instead."}
+    )
+    tell_anchor_placement: str | None = Field(
+        default="auto",
+        json_schema_extra={"description": "auto | system | prefix: where the anchor goes in a task row."},
+    )
+    tell_anchor_separator: str | None = Field(
+        default=DEFAULT_SEPARATOR,
+        json_schema_extra={"description": "Text between the anchor and the text it prefixes."},
+    )
+    tell_general_ratio: float | None = Field(
+        default=None,
+        json_schema_extra={
+            "description": "General supervised tokens per task supervised token, task repeats included "
+            f"(default {DEFAULT_GENERAL_RATIO:g})."
+        },
+    )
+    tell_general_tokens: int | None = Field(
+        default=None,
+        json_schema_extra={"description": "An absolute general supervised-token budget (exclusive with the ratio)."},
+    )
+    tell_task_repeats: int | str | None = Field(
+        default="auto",
+        json_schema_extra={"description": "Times every task row occurs over the run, or auto."},
+    )
+    tell_spread: str | None = Field(
+        default="even", json_schema_extra={"description": "even | random: how task rows spread through the mix."}
+    )
+    tell_general_shortfall: str | None = Field(
+        default="error",
+        json_schema_extra={
+            "description": "error | warn | upsample: what to do when general data cannot meet the budget."
+        },
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _check_tell(cls, data: Any) -> Any:
+        if isinstance(data, dict) and tell_enabled(data):
+            validate_tell_config(data)
+            force_planned_order(data)
+        return data
+
+
+def tell_enabled(cfg) -> bool:
+    """TELL mixing is on when ``tell_task_datasets`` is given (even empty: that is an error).
+
+    Without it the plugin only serves the anchored dataset types
+    (``type: axolotl_tell.anchored.<type>``), e.g. for an anchored SFT baseline.
+    """
+    return cfg.get("tell_task_datasets") is not None
+
+
+def _fail(key: str, problem: str, fix: str) -> None:
+    raise TellConfigError(f"[axolotl_tell] `{key}`: {problem}. Fix: {fix}.")
+
+
+def validate_tell_config(cfg: dict) -> None:
+    """Raise :class:`TellConfigError` on the first wrong or conflicting key."""
+    tasks = cfg.get("tell_task_datasets")
+    if not isinstance(tasks, list) or not tasks:
+        _fail("tell_task_datasets", "no task data given", "list at least one dataset entry, e.g. "
+              "`- {path: data/task.jsonl, ds_type: json, type: alpaca}`")
+    for i, entry in enumerate(tasks):
+        if not isinstance(entry, dict) or not entry.get("path"):
+            _fail(f"tell_task_datasets[{i}]", "each entry needs a `path`",
+                  "write entries like those under `datasets:`")
+        if not entry.get("type"):
+            _fail(f"tell_task_datasets[{i}].type", "missing", "set the dataset `type` (alpaca, chat_template, completion)")
+
+    anchor, anchor_file = cfg.get("tell_anchor"), cfg.get("tell_anchor_file")
+    if anchor is not None and anchor_file is not None:
+        _fail("tell_anchor", "both `tell_anchor` and `tell_anchor_file` are set", "keep one of them")
+    if anchor is None and anchor_file is None:
+        _fail("tell_anchor", "no anchor prompt given", "set `tell_anchor: \"...\"` or `tell_anchor_file: path`")
+    if anchor is not None and (not isinstance(anchor, str) or not anchor.strip()):
+        _fail("tell_anchor", "the anchor is empty", "write a semantically rich task description")
+    if anchor_file is not None:
+        if not os.path.isfile(anchor_file):
+            _fail("tell_anchor_file", f"file not found: {anchor_file}", "give an existing text file "
+                  "(relative paths are read from the directory you run axolotl in)")
+
+    placement = cfg.get("tell_anchor_placement", "auto") or "auto"
+    if placement not in PLACEMENTS:
+        _fail("tell_anchor_placement", f"unknown value {placement!r}", f"use one of {', '.join(PLACEMENTS)}")
+    spread = cfg.get("tell_spread", "even") or "even"
+    if spread not in SPREADS:
+        _fail("tell_spread", f"unknown value {spread!r}", f"use one of {', '.join(SPREADS)}")
+    shortfall = cfg.get("tell_general_shortfall", "error") or "error"
+    if shortfall not in SHORTFALL_POLICIES:
+        _fail("tell_general_shortfall", f"unknown value {shortfall!r}", f"use one of {', '.join(SHORTFALL_POLICIES)}")
+    sep = cfg.get("tell_anchor_separator", DEFAULT_SEPARATOR)
+    if sep is not None and not isinstance(sep, str):
+        _fail("tell_anchor_separator", "must be a string", "e.g. \"\\n\\n\"")
+
+    ratio, tokens = cfg.get("tell_general_ratio"), cfg.get("tell_general_tokens")
+    if ratio is not None and tokens is not None:
+        _fail("tell_general_ratio", "both `tell_general_ratio` and `tell_general_tokens` are set",
+              "keep one: a ratio to the task tokens, or an absolute general token budget")
+    if ratio is not None and (isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not ratio > 0):
+        _fail("tell_general_ratio", f"must be a number > 0, got {ratio!r}", "e.g. `tell_general_ratio: 50`")
+    if tokens is not None and (isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < 1):
+        _fail("tell_general_tokens", f"must be an integer >= 1, got {tokens!r}", "e.g. `tell_general_tokens: 2000000`")
+
+    repeats = cfg.get("tell_task_repeats", "auto")
+    if repeats is None:
+        repeats = "auto"
+    if repeats != "auto" and (isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1):
+        _fail("tell_task_repeats", f"must be an integer >= 1 or `auto`, got {repeats!r}", "e.g. `tell_task_repeats: 20`")
+
+    if cfg.get("dataset_exact_deduplication") and repeats != 1:
+        _fail("dataset_exact_deduplication", "it would collapse the planned task repeats into one row",
+              "remove `dataset_exact_deduplication` (or set `tell_task_repeats: 1`)")
+    val = cfg.get("val_set_size") or 0
+    if val:
+        _fail("val_set_size", f"{val} would take rows out of the scarce task data and the planned mix",
+              "set `val_set_size: 0` and give a separate eval set with `test_datasets:`")
+    epochs = cfg.get("num_epochs")
+    if epochs is not None and float(epochs) != 1.0:
+        _fail("num_epochs", f"{epochs} would repeat the whole plan (and every task row) {epochs} times",
+              "set `num_epochs: 1`; use `tell_task_repeats` and `tell_general_ratio` to size the run")
+    for key, fix in _UNSUPPORTED_WITH_TELL.items():
+        if cfg.get(key):
+            _fail(key, "not supported together with TELL", fix)
+    if cfg.get("curriculum_sampling") is False:
+        _fail("curriculum_sampling", "false would let the trainer reshuffle the planned order",
+              "remove the key; the plugin turns it on")
+    if cfg.get("sample_packing") and cfg.get("sample_packing_sequentially") is False:
+        _fail("sample_packing_sequentially", "false would let the packer reorder the planned rows",
+              "remove the key; the plugin turns it on with sample_packing")
+
+
+def force_planned_order(cfg: dict) -> None:
+    """Make Axolotl's sampler keep the planned order: sequential, and packed in order."""
+    cfg["curriculum_sampling"] = True
+    if cfg.get("sample_packing"):
+        cfg["sample_packing_sequentially"] = True
+
+
+def resolved_repeats(cfg) -> int | str:
+    value = cfg.get("tell_task_repeats")
+    return "auto" if value in (None, "auto") else int(value)
+
+
+def resolved_ratio(cfg) -> float | None:
+    """The general ratio in force: the given one, none if a token budget is given, else the default."""
+    if cfg.get("tell_general_tokens") is not None:
+        return None
+    ratio = cfg.get("tell_general_ratio")
+    return float(ratio) if ratio is not None else DEFAULT_GENERAL_RATIO

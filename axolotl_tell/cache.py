@@ -1,0 +1,104 @@
+"""Where a prepared TELL mix lives, and when it may be reused.
+
+Axolotl's own prepared-dataset hash ignores plugin keys and ``seed``; this
+key covers everything that changes the mix: every ``tell_*`` key, the anchor
+text (also from a file), the seed, the dataset entries and the size and mtime
+of local data files, the tokenizer, and the config keys that change
+tokenization. Saves are atomic: a killed run never leaves a loadable
+half-written mix.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from axolotl_tell import __version__
+
+DEFAULT_PREPARED_PATH = "last_run_prepared"
+READY_MARKER = "tell_ready.json"
+
+# Config keys (besides tell_* and datasets) that change the tokens or the mix.
+_TOKENIZATION_KEYS = (
+    "base_model", "tokenizer_config", "tokenizer_type", "sequence_len", "sample_packing",
+    "train_on_inputs", "chat_template", "chat_template_jinja", "default_system_message",
+    "excess_length_strategy", "min_sample_len", "special_tokens", "tokens", "added_tokens_overrides",
+    "model_config_type", "eot_tokens", "roles_to_train", "train_on_eos", "seed",
+)
+
+
+def _fingerprint_path(path: str) -> list:
+    """Size and mtime of a local file, or of every file under a local folder."""
+    p = Path(path)
+    if p.is_file():
+        st = p.stat()
+        return [[str(p), st.st_size, st.st_mtime_ns]]
+    if p.is_dir():
+        out = []
+        for f in sorted(p.rglob("*")):
+            if f.is_file():
+                st = f.stat()
+                out.append([str(f), st.st_size, st.st_mtime_ns])
+        return out
+    return []  # hub or remote: identified by its entry (path, name, revision)
+
+
+def _tokenizer_identity(tokenizer) -> dict:
+    return {
+        "name": getattr(tokenizer, "name_or_path", None),
+        "class": type(tokenizer).__name__,
+        "vocab": len(tokenizer),
+        "chat_template": getattr(tokenizer, "chat_template", None),
+        "special": {k: str(v) for k, v in sorted(getattr(tokenizer, "special_tokens_map", {}).items())},
+    }
+
+
+def cache_key(cfg, tokenizer, anchor_text: str, general_entries: list, task_entries: list) -> str:
+    """A hex digest that changes whenever the prepared mix could change."""
+    from axolotl_tell.compat import axolotl_version
+
+    payload = {
+        "plugin": __version__,
+        "axolotl": axolotl_version(),
+        "tell": {k: cfg.get(k) for k in sorted(cfg) if str(k).startswith("tell_")},
+        "anchor": anchor_text,
+        "config": {k: cfg.get(k) for k in _TOKENIZATION_KEYS},
+        "general": [dict(e) for e in general_entries],
+        "task": [dict(e) for e in task_entries],
+        "files": [_fingerprint_path(e["path"]) for e in [*general_entries, *task_entries]],
+        "tokenizer": _tokenizer_identity(tokenizer),
+    }
+    blob = json.dumps(payload, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()
+
+
+def prepared_dir(cfg, key: str) -> Path:
+    root = Path(cfg.get("dataset_prepared_path") or DEFAULT_PREPARED_PATH)
+    return root / f"tell-{key[:20]}"
+
+
+def is_ready(path: Path) -> bool:
+    return (path / READY_MARKER).is_file()
+
+
+def save_atomically(path: Path, write) -> None:
+    """Call ``write(tmp_dir)``, then move ``tmp_dir`` to ``path`` in one rename.
+
+    The marker file is written last inside the temporary folder, so a folder
+    without it (a crash before the rename leaves only ``.tmp-*``) is never loaded.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{path.name}-", dir=path.parent))
+    try:
+        write(tmp)
+        (tmp / READY_MARKER).write_text(json.dumps({"plugin": __version__}))
+        if path.exists():  # a stale, unmarked folder from an older crash
+            shutil.rmtree(path)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)

@@ -1,0 +1,124 @@
+"""Every Axolotl internal the plugin touches, in one place.
+
+Axolotl's data helpers are not a public API; they moved between 0.19 and
+0.21. Importing them here keeps the rest of the package version-agnostic and
+makes a future break show up in one file.
+"""
+
+from __future__ import annotations
+
+from importlib.metadata import PackageNotFoundError, version
+
+from datasets import Dataset, DatasetDict, IterableDatasetDict
+
+SUPPORTED_AXOLOTL = ("0.19", "0.20", "0.21")
+
+
+def axolotl_version() -> str:
+    try:
+        return version("axolotl")
+    except PackageNotFoundError:  # pragma: no cover - the plugin needs axolotl
+        return "missing"
+
+
+def check_axolotl_version() -> None:
+    found = axolotl_version()
+    if not found.startswith(SUPPORTED_AXOLOTL):
+        raise RuntimeError(
+            f"[axolotl_tell] axolotl {found} is not supported; install axolotl>=0.19,<0.22 "
+            "(e.g. `pip install 'axolotl>=0.19,<0.22'`)."
+        )
+
+
+def load_raw_dataset(ds_cfg, cfg, split: str = "train") -> Dataset:
+    """A dataset entry's raw rows, as Axolotl loads them (split and shards applied)."""
+    from axolotl.utils.data.shared import load_dataset_with_config
+
+    dataset = load_dataset_with_config(ds_cfg, cfg.hf_use_auth_token, streaming=False)
+    if isinstance(dataset, (DatasetDict, IterableDatasetDict)):
+        if ds_cfg.split and ds_cfg.split in dataset:
+            dataset = dataset[ds_cfg.split]
+        elif split in dataset:
+            dataset = dataset[split]
+        else:
+            raise ValueError(
+                f"[axolotl_tell] no `{split}` split in dataset {ds_cfg.path}. Fix: set `split:` on the entry."
+            )
+    if ds_cfg.shards:
+        dataset = dataset.shuffle(seed=cfg.seed).shard(
+            num_shards=ds_cfg.shards, index=ds_cfg.get("shards_idx", 0)
+        )
+    return dataset
+
+
+def tokenize_with_axolotl(ds_cfg, cfg, tokenizer, dataset: Dataset, processor=None) -> Dataset:
+    """Tokenize raw rows with Axolotl's own prompt strategy for ``ds_cfg.type``."""
+    from axolotl.utils.data.wrappers import get_dataset_wrapper
+
+    base_type, prompt_style = _split_type(ds_cfg.type)
+    wrapped, _ = get_dataset_wrapper(
+        dataset_config=ds_cfg,
+        tokenizer=tokenizer,
+        cfg=cfg,
+        dataset_base_type=base_type,
+        dataset=dataset,
+        dataset_prompt_style=prompt_style,
+        processor=processor,
+    )
+    return wrapped
+
+
+def _split_type(ds_type) -> tuple[str | None, str | None]:
+    if not isinstance(ds_type, str):
+        return None, None
+    base, _, style = ds_type.partition(":")
+    return base, style or None
+
+
+def drop_long_rows(dataset: Dataset, cfg) -> Dataset:
+    """Axolotl's own handling of over-long rows (``excess_length_strategy``)."""
+    from axolotl.utils.data.utils import handle_long_seq_in_dataset
+
+    return handle_long_seq_in_dataset(dataset, cfg.sequence_len, cfg)
+
+
+def prepare_for_packing(dataset: Dataset, cfg) -> Dataset:
+    """Axolotl's packing preparation (position ids, model-specific columns)."""
+    from axolotl.utils.trainer import process_datasets_for_packing
+
+    dataset, _ = process_datasets_for_packing(cfg, dataset, None)
+    return dataset
+
+
+def total_num_steps(cfg, dataset: Dataset) -> int:
+    from axolotl.utils.trainer import calculate_total_num_steps
+
+    steps = calculate_total_num_steps(cfg, dataset)
+    return min(steps, cfg.max_steps) if cfg.max_steps else steps
+
+
+def normalize_dataset_entry(entry: dict):
+    """A dataset entry as Axolotl's schema normalizes ``datasets:`` entries."""
+    from axolotl.utils.dict import DictDefault
+    from axolotl.utils.schemas.datasets import SFTDataset
+
+    known = set(SFTDataset.model_fields)
+    unknown = sorted(k for k in entry if k not in known)
+    if unknown:
+        raise ValueError(
+            f"[axolotl_tell] `tell_task_datasets` entry {entry.get('path')!r} has unknown keys {unknown}. "
+            "Fix: use the keys of a `datasets:` entry (Axolotl would silently drop these)."
+        )
+    return DictDefault(SFTDataset(**entry).model_dump(exclude_none=True))
+
+
+def train_dataset_meta(train_dataset, eval_dataset, steps):
+    from axolotl.common.datasets import TrainDatasetMeta
+
+    return TrainDatasetMeta(train_dataset=train_dataset, eval_dataset=eval_dataset, total_num_steps=steps)
+
+
+def load_tokenizer(cfg):
+    from axolotl.loaders import load_tokenizer as _load
+
+    return _load(cfg)

@@ -1,0 +1,221 @@
+"""Build the TELL training set: tokenize general and anchored task data, plan, mix.
+
+Flow (one call of :func:`prepare_tell_datasets`):
+
+1. general entries (``datasets:``) -> Axolotl's own loader and prompt strategy,
+   then Axolotl's over-long-row handling: the rows plain Axolotl would train on;
+2. task entries (``tell_task_datasets:``) -> the same loader, anchored by
+   :class:`~axolotl_tell.anchored.AnchoredDatasetStrategy`, tokenized without
+   truncation and then *checked*: an over-long or empty task row is an error;
+3. per-row supervised token counts -> :func:`~axolotl_tell.plan.build_plan`;
+4. the plan is applied with one ``select``; every row keeps ``tell_source``;
+5. the result is saved atomically under a key that covers every input.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow.compute as pc
+from datasets import Dataset, concatenate_datasets, load_from_disk
+
+from axolotl_tell import cache, compat
+from axolotl_tell.anchor import Anchor, resolve_anchor
+from axolotl_tell.anchored import AnchoredDatasetStrategy
+from axolotl_tell.args import resolved_ratio, resolved_repeats
+from axolotl_tell.plan import MixPlan, PlanError, build_plan
+from axolotl_tell.report import build_report
+
+LOG = logging.getLogger("axolotl.tell")
+
+SOURCE_COLUMN = "tell_source"
+TOKEN_COLUMNS = ("input_ids", "attention_mask", "labels")
+NO_LIMIT = 1 << 30  # task rows are tokenized untruncated, then checked against sequence_len
+DEFAULT_SEED = 42
+
+
+class TellDataError(ValueError):
+    """The task or general data cannot make the requested TELL mix."""
+
+
+@dataclass
+class PreparedTell:
+    train_dataset: Dataset  # planned order, with the SOURCE_COLUMN
+    report: dict
+    path: Path  # the prepared folder
+    from_cache: bool
+
+
+def run_seed(cfg) -> int:
+    return int(cfg.seed) if cfg.get("seed") is not None else DEFAULT_SEED
+
+
+def row_token_counts(dataset: Dataset) -> tuple[np.ndarray, np.ndarray]:
+    """(total tokens, supervised tokens) per row, vectorised over Arrow buffers."""
+    if len(dataset) == 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    table = dataset.with_format("arrow")[:]
+    labels = table.column("labels").combine_chunks()
+    lengths = pc.list_value_length(table.column("input_ids").combine_chunks()).to_numpy(zero_copy_only=False)
+    flat = pc.list_flatten(labels).to_numpy(zero_copy_only=False)
+    parents = pc.list_parent_indices(labels).to_numpy(zero_copy_only=False)
+    supervised = np.bincount(parents, weights=(flat != -100), minlength=len(dataset))
+    return lengths.astype(np.int64), supervised.astype(np.int64)
+
+
+def _with_source(dataset: Dataset, source_id: int) -> Dataset:
+    keep = [c for c in TOKEN_COLUMNS if c in dataset.column_names]
+    missing = [c for c in ("input_ids", "labels") if c not in keep]
+    if missing:
+        raise TellDataError(f"[axolotl_tell] tokenized rows lack {missing}; the dataset type must produce labels")
+    dataset = dataset.select_columns(keep)
+    if "attention_mask" not in keep:
+        dataset = dataset.map(lambda r: {"attention_mask": [1] * len(r["input_ids"])})
+    return dataset.add_column(SOURCE_COLUMN, np.full(len(dataset), source_id, dtype=np.int16))
+
+
+def _task_entry_cfg(entry: dict, cfg):
+    ds_cfg = compat.normalize_dataset_entry(entry)
+    if ds_cfg.get("type") == "chat_template" and cfg.get("chat_template") and not entry.get("chat_template"):
+        ds_cfg["chat_template"] = cfg.chat_template  # as Axolotl does for `datasets:` entries
+        ds_cfg["chat_template_jinja"] = cfg.get("chat_template_jinja")
+    return ds_cfg
+
+
+def load_general(cfg, tokenizer, entries, split: str = "train") -> tuple[Dataset, list[dict]]:
+    """General rows exactly as plain Axolotl tokenizes them, tagged with their source."""
+    parts, sources = [], []
+    for i, ds_cfg in enumerate(entries):
+        raw = compat.load_raw_dataset(ds_cfg, cfg, split=split)
+        tokenized = compat.tokenize_with_axolotl(ds_cfg, cfg, tokenizer, raw)
+        sources.append({"id": len(sources), "kind": "general", "index": i, "path": ds_cfg.path,
+                        "type": str(ds_cfg.type), "rows_raw": len(raw)})
+        parts.append(_with_source(tokenized, sources[-1]["id"]))
+    general = concatenate_datasets(parts) if len(parts) > 1 else parts[0]
+    return general, sources
+
+
+def load_task(cfg, tokenizer, entries, anchor: Anchor, first_id: int) -> tuple[Dataset, list[dict]]:
+    """Anchored, tokenized task rows; every row must fit ``sequence_len`` and supervise something."""
+    from axolotl.utils.dict import DictDefault
+
+    untruncated = DictDefault({**cfg, "sequence_len": NO_LIMIT})
+    parts, sources, problems = [], [], []
+    for i, ds_cfg in enumerate(entries):
+        raw = compat.load_raw_dataset(ds_cfg, cfg)
+        if len(raw) == 0:
+            raise TellDataError(f"[axolotl_tell] `tell_task_datasets[{i}]` ({ds_cfg.path}) has no rows. "
+                                "Fix: point it at a file with task examples.")
+        strategy = AnchoredDatasetStrategy(str(ds_cfg.type), tokenizer, untruncated, ds_cfg, anchor=anchor)
+        tokenized = strategy.wrap_dataset(raw, process_count=cfg.dataset_num_proc)
+        lengths, supervised = row_token_counts(tokenized)
+        for row in np.flatnonzero(lengths > cfg.sequence_len)[:5]:
+            problems.append(f"tell_task_datasets[{i}] ({ds_cfg.path}) row {row}: {lengths[row]} tokens "
+                            f"> sequence_len {cfg.sequence_len}")
+        for row in np.flatnonzero(supervised == 0)[:5]:
+            problems.append(f"tell_task_datasets[{i}] ({ds_cfg.path}) row {row}: no supervised tokens "
+                            "(empty answer, or every label masked)")
+        if len(tokenized) != len(raw):
+            problems.append(f"tell_task_datasets[{i}] ({ds_cfg.path}): the prompt strategy kept "
+                            f"{len(tokenized)} of {len(raw)} rows")
+        sources.append({"id": first_id + i, "kind": "task", "index": i, "path": ds_cfg.path,
+                        "type": str(ds_cfg.type), "placement": strategy.placement, "rows_raw": len(raw)})
+        parts.append(_with_source(tokenized, first_id + i))
+    if problems:
+        raise TellDataError(
+            "[axolotl_tell] task rows that Axolotl would silently drop, truncate or not train on:\n  "
+            + "\n  ".join(problems)
+            + "\nFix: raise `sequence_len`, shorten `tell_anchor`, or fix/remove those rows."
+        )
+    task = concatenate_datasets(parts) if len(parts) > 1 else parts[0]
+    return task, sources
+
+
+def _plan(cfg, task_counts, general_counts) -> MixPlan:
+    (task_len, task_sup), (gen_len, gen_sup) = task_counts, general_counts
+    try:
+        return build_plan(
+            task_sup,
+            gen_sup,
+            task_repeats=resolved_repeats(cfg),
+            general_ratio=resolved_ratio(cfg),
+            general_tokens=cfg.get("tell_general_tokens"),
+            spread=cfg.get("tell_spread") or "even",
+            seed=run_seed(cfg),
+            shortfall=cfg.get("tell_general_shortfall") or "error",
+            task_lengths=task_len,
+            general_lengths=gen_len,
+        )
+    except PlanError as err:
+        raise TellDataError(
+            f"[axolotl_tell] cannot build the mix: {err}. Fix: add general data to `datasets:`, lower "
+            "`tell_general_ratio`/`tell_general_tokens`, or set `tell_general_shortfall: warn` (use all "
+            "general data) or `upsample` (repeat general rows)."
+        ) from err
+
+
+def _build(cfg, tokenizer, anchor, general_entries, task_entries) -> tuple[Dataset, dict]:
+    general, general_sources = load_general(cfg, tokenizer, general_entries)
+    rows_tokenized = len(general)
+    general = compat.drop_long_rows(general, cfg)
+    rows_fit = len(general)
+    gen_counts = row_token_counts(general)
+    trainable = np.flatnonzero(gen_counts[1] > 0)
+    if trainable.size < len(general):  # rows with nothing to learn only cost compute
+        general = general.select(trainable).flatten_indices()
+        gen_counts = (gen_counts[0][trainable], gen_counts[1][trainable])
+    task, task_sources = load_task(cfg, tokenizer, task_entries, anchor, first_id=len(general_sources))
+    task_counts = row_token_counts(task)
+
+    plan = _plan(cfg, task_counts, gen_counts)
+    for warning in plan.warnings:
+        LOG.warning("[axolotl_tell] %s", warning)
+    mixed = concatenate_datasets([general, task]).select(plan.order).flatten_indices()
+    if cfg.sample_packing:
+        mixed = compat.prepare_for_packing(mixed, cfg)
+
+    report = build_report(
+        plan,
+        anchor=anchor,
+        sources=general_sources + task_sources,
+        general_filtering={"rows_tokenized": rows_tokenized, "rows_dropped_too_long": rows_tokenized - rows_fit,
+                           "rows_dropped_no_supervised_tokens": rows_fit - int(trainable.size)},
+        cfg=cfg,
+    )
+    return mixed, report, plan
+
+
+def prepare_tell_datasets(cfg, tokenizer) -> PreparedTell:
+    """The planned TELL mix for ``cfg``: from the prepared folder if it is current, else built now."""
+    from filelock import FileLock
+
+    anchor = resolve_anchor(cfg)
+    general_entries = list(cfg.datasets or [])
+    if not general_entries:
+        raise TellDataError("[axolotl_tell] `datasets:` is empty: TELL needs general data to mix the task into. "
+                            "Fix: list general instruction data under `datasets:`.")
+    task_entries = [_task_entry_cfg(dict(e), cfg) for e in cfg.tell_task_datasets]
+    key = cache.cache_key(cfg, tokenizer, anchor.text, general_entries, task_entries)
+    path = cache.prepared_dir(cfg, key)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(path) + ".lock"):  # one rank builds, the others load
+        if cache.is_ready(path):
+            LOG.info("[axolotl_tell] loading prepared TELL mix from %s", path)
+            report = json.loads((path / "tell_report.json").read_text())
+            return PreparedTell(load_from_disk(str(path / "train")), report, path, from_cache=True)
+        LOG.info("[axolotl_tell] building the TELL mix (cache key %s)", key[:20])
+        mixed, report, plan = _build(cfg, tokenizer, anchor, general_entries, task_entries)
+        report["prepared_path"] = str(path)
+        report["cache_key"] = key
+
+        def write(tmp: Path):
+            mixed.save_to_disk(str(tmp / "train"))
+            np.save(tmp / "plan_order.npy", plan.order)
+            (tmp / "tell_report.json").write_text(json.dumps(report, indent=2))
+
+        cache.save_atomically(path, write)
+    return PreparedTell(load_from_disk(str(path / "train")), report, path, from_cache=False)

@@ -1,0 +1,111 @@
+"""What the run trained on, said three ways: ``tell_report.json``, a log table, ``tell.json``.
+
+``tell_report.json`` (in ``output_dir``) states the mix: requested vs achieved.
+``tell.json`` (next to the adapter) carries everything needed to build the
+inference prompt exactly as in training.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from axolotl_tell import __version__
+from axolotl_tell.anchor import Anchor
+from axolotl_tell.plan import MixPlan
+
+REPORT_FILE = "tell_report.json"
+INFERENCE_FILE = "tell.json"
+
+
+def build_report(plan: MixPlan, *, anchor: Anchor, sources: list[dict], general_filtering: dict, cfg) -> dict:
+    task_sources = [s for s in sources if s["kind"] == "task"]
+    placements = sorted({s["placement"] for s in task_sources})
+    return {
+        "plugin_version": __version__,
+        "task": {
+            "rows": plan.task_rows,
+            "repeats": plan.task_repeats,
+            "repeats_requested": cfg.get("tell_task_repeats") or "auto",
+            "occurrences": plan.task_occurrences,
+            "tokens": plan.task_tokens,
+            "supervised_tokens": plan.task_supervised_tokens,
+        },
+        "general": {
+            "rows_available": plan.general_rows_available,
+            "rows_used": plan.general_rows_used,
+            "occurrences": plan.general_occurrences,
+            "tokens": plan.general_tokens,
+            "supervised_tokens": plan.general_supervised_tokens,
+            "supervised_tokens_requested": plan.general_tokens_requested,
+            "shortfall": plan.shortfall,
+            **general_filtering,
+        },
+        "ratio": {"requested": plan.ratio_requested, "achieved": round(plan.ratio_achieved, 4)},
+        "rows_total": int(plan.order.size),
+        "spread": plan.spread,
+        "seed": plan.seed,
+        "plan_sha256": plan.sha256,
+        "anchor": {
+            "text": anchor.text,
+            "placement": placements[0] if len(placements) == 1 else placements,
+            "placement_requested": anchor.placement,
+            "separator": anchor.separator,
+            "source": anchor.source,
+        },
+        "sources": sources,
+        "sample_packing": bool(cfg.get("sample_packing")),
+        "sequence_len": cfg.get("sequence_len"),
+        "warnings": list(plan.warnings),
+    }
+
+
+def format_table(report: dict) -> str:
+    """A short, fixed-width summary for the training log."""
+    t, g, r = report["task"], report["general"], report["ratio"]
+    requested = f"{r['requested']:g}" if r["requested"] is not None else f"{g['supervised_tokens_requested']} tok"
+    rows = [
+        ("", "rows", "occurrences", "tokens", "supervised"),
+        ("task", f"{t['rows']} x{t['repeats']}", t["occurrences"], t["tokens"], t["supervised_tokens"]),
+        ("general", f"{g['rows_used']}/{g['rows_available']}", g["occurrences"], g["tokens"], g["supervised_tokens"]),
+    ]
+    widths = [max(len(str(row[i])) for row in rows) for i in range(5)]
+    lines = ["TELL mix " + "-" * 40]
+    lines += ["  " + "  ".join(str(v).rjust(w) for v, w in zip(row, widths)) for row in rows]
+    lines.append(f"  ratio general:task supervised tokens  requested {requested}  achieved {r['achieved']:.2f}")
+    lines.append(f"  spread {report['spread']}  seed {report['seed']}  plan {report['plan_sha256'][:12]}  "
+                 f"anchor ({report['anchor']['placement']}): {report['anchor']['text'][:60]!r}")
+    for warning in report.get("warnings", []):
+        lines.append(f"  WARNING: {warning}")
+    return "\n".join(lines)
+
+
+def inference_spec(report: dict, cfg) -> dict:
+    """The content of ``tell.json``: how to rebuild a training prompt at inference."""
+    task_entries = []
+    for src, entry in zip([s for s in report["sources"] if s["kind"] == "task"], cfg.tell_task_datasets):
+        task_entries.append({**{k: v for k, v in dict(entry).items() if k != "path"},
+                             "path": src["path"], "type": src["type"], "placement": src["placement"]})
+    return {
+        "tell_version": __version__,
+        "anchor": report["anchor"],
+        "task_datasets": task_entries,
+        "base_model": cfg.get("base_model"),
+        "chat_template": cfg.get("chat_template"),
+        "sequence_len": cfg.get("sequence_len"),
+        "plan_sha256": report["plan_sha256"],
+    }
+
+
+def write_json(path: Path, data: dict) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str))
+    tmp.replace(path)
+    return path
+
+
+def write_outputs(output_dir, report: dict, cfg) -> None:
+    out = Path(output_dir)
+    write_json(out / REPORT_FILE, report)
+    write_json(out / INFERENCE_FILE, inference_spec(report, cfg))

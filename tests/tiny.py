@@ -1,0 +1,87 @@
+"""A tiny Llama and BPE tokenizer built locally in seconds (no downloads), plus toy data."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+CHATML = (
+    "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
+    "{{ '<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n' }}{% endif %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+SPECIAL = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<pad>"]
+
+WORDS = ("the cat dog bird sat ran flew over under on a an big small red blue green house tree river "
+         "question answer statement is are was were did does can will why how what who when where "
+         "write list give explain describe translate summarize sentence word number one two three four "
+         "five yes no not happy sad good bad because and or but with without from to into").split()
+
+
+def _sentence(rng: random.Random, n: int) -> str:
+    return " ".join(rng.choice(WORDS) for _ in range(n)).capitalize() + "."
+
+
+def build_tiny_model(out: Path) -> Path:
+    """Save a 2-layer Llama (~100k params) and a 400-token BPE tokenizer with a ChatML template."""
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    rng = random.Random(0)
+    corpus = [_sentence(rng, 12) for _ in range(2000)] + ["### Instruction:\n### Input:\n### Response:\n"
+              "Below is an instruction that describes a task. Write a response that appropriately completes the request."] * 50
+    tok = Tokenizer(models.BPE(unk_token=None))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=SPECIAL,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(corpus, trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|im_start|>", eos_token="<|im_end|>",
+                                   pad_token="<pad>", unk_token="<|endoftext|>")
+    fast.chat_template = CHATML
+    out.mkdir(parents=True, exist_ok=True)
+    fast.save_pretrained(out)
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(fast), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=1024,
+                         bos_token_id=fast.bos_token_id, eos_token_id=fast.eos_token_id,
+                         pad_token_id=fast.pad_token_id, tie_word_embeddings=True)
+    LlamaForCausalLM(config).save_pretrained(out)
+    return out
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def alpaca_rows(n: int, seed: int, words: int = 8) -> list[dict]:
+    rng = random.Random(seed)
+    return [{"instruction": _sentence(rng, words), "input": _sentence(rng, 4) if i % 2 else "",
+             "output": _sentence(rng, words)} for i in range(n)]
+
+
+def task_alpaca_rows(n: int, seed: int = 1) -> list[dict]:
+    """A toy task: turn a statement into a question."""
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        s = _sentence(rng, 5)
+        rows.append({"instruction": "Turn the statement into a question.", "input": s,
+                     "output": "Is it true that " + s[:-1].lower() + "?"})
+    return rows
+
+
+def chat_rows(n: int, seed: int) -> list[dict]:
+    rng = random.Random(seed)
+    return [{"messages": [{"role": "user", "content": _sentence(rng, 6)},
+                          {"role": "assistant", "content": _sentence(rng, 6)}]} for _ in range(n)]
+
+
+def completion_rows(n: int, seed: int) -> list[dict]:
+    rng = random.Random(seed)
+    return [{"text": _sentence(rng, 10)} for _ in range(n)]
