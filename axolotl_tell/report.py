@@ -92,6 +92,7 @@ def inference_spec(report: dict, cfg) -> dict:
         "task_datasets": task_entries,
         "base_model": cfg.get("base_model"),
         "chat_template": cfg.get("chat_template"),
+        "chat_template_jinja": cfg.get("chat_template_jinja"),
         "sequence_len": cfg.get("sequence_len"),
         "plan_sha256": report["plan_sha256"],
     }
