@@ -25,6 +25,7 @@ _UNSUPPORTED_WITH_TELL = {
     "rl": "TELL plans supervised fine-tuning data; remove `rl:` (preference training is not supported)",
     "skip_prepare_dataset": "TELL must tokenize to count supervised tokens; remove `skip_prepare_dataset`",
     "group_by_length": "group_by_length reorders rows and breaks the planned spread; remove it",
+    "use_pose": "PoSE sorts rows by length and breaks the planned spread; remove `use_pose`",
 }
 
 
@@ -179,10 +180,16 @@ def validate_tell_config(cfg: dict) -> None:
 
 
 def force_planned_order(cfg: dict) -> None:
-    """Make Axolotl's sampler keep the planned order: sequential, and packed in order."""
+    """Make Axolotl's sampler keep the planned order: sequential, packed in order, no dropped tail.
+
+    Axolotl drops the last partial batch by default; with an even spread that
+    batch can hold a task occurrence, so the plugin keeps it unless told otherwise.
+    """
     cfg["curriculum_sampling"] = True
     if cfg.get("sample_packing"):
         cfg["sample_packing_sequentially"] = True
+    if cfg.get("dataloader_drop_last") is None:
+        cfg["dataloader_drop_last"] = False
 
 
 def resolved_repeats(cfg) -> int | str:

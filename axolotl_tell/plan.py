@@ -104,8 +104,9 @@ def _as_counts(values, name: str) -> np.ndarray:
 
 
 def _rng(seed: int, stream: int) -> np.random.Generator:
-    # Independent, reproducible streams for each random choice the plan makes.
-    return np.random.Generator(np.random.PCG64([int(seed) & 0xFFFFFFFF, stream]))
+    # Independent, reproducible streams for each random choice the plan makes;
+    # SeedSequence takes the whole seed (no truncation), so distinct seeds differ.
+    return np.random.Generator(np.random.PCG64(np.random.SeedSequence([int(seed), stream])))
 
 
 _STREAM_GENERAL, _STREAM_TASK, _STREAM_SHUFFLE = 1, 2, 3
@@ -225,8 +226,10 @@ def build_plan(
         raise PlanError("no task rows")
     if (general_ratio is None) == (general_tokens is None):
         raise PlanError("give exactly one of general_ratio and general_tokens")
-    if general_ratio is not None and not general_ratio > 0:
-        raise PlanError(f"general_ratio must be > 0, got {general_ratio}")
+    if general_ratio is not None and not (general_ratio > 0 and math.isfinite(general_ratio)):
+        raise PlanError(f"general_ratio must be a finite number > 0, got {general_ratio}")
+    if int(seed) < 0:
+        raise PlanError(f"seed must be >= 0, got {seed}")
     if general_tokens is not None and general_tokens < 0:
         raise PlanError(f"general_tokens must be >= 0, got {general_tokens}")
 
@@ -263,10 +266,12 @@ def build_plan(
         order = np.concatenate([general_ids, task_ids])
         order = order[_rng(seed, _STREAM_SHUFFLE).permutation(total)]
 
-    def _tokens(lengths, ids):
+    def _tokens(lengths, ids, rows: int):
         if lengths is None:
             return 0
         arr = _as_counts(lengths, "lengths")
+        if arr.size != rows:
+            raise PlanError(f"lengths must have one entry per row ({rows}), got {arr.size}")
         return int(arr[ids].sum()) if ids.size else 0
 
     task_row_ids = np.repeat(np.arange(n_task, dtype=np.int64), repeats)
@@ -275,13 +280,13 @@ def build_plan(
         task_rows=n_task,
         task_repeats=repeats,
         task_supervised_tokens=task_sup_total,
-        task_tokens=_tokens(task_lengths, task_row_ids),
+        task_tokens=_tokens(task_lengths, task_row_ids, n_task),
         general_rows_available=n_gen_pool,
         # distinct rows: a prefix of one permutation, or every row once up-sampled
         general_rows_used=n_gen_pool if shortfall_used == "upsample" else int(general_ids.size),
         general_occurrences=int(general_ids.size),
         general_supervised_tokens=gen_sup_used,
-        general_tokens=_tokens(general_lengths, general_ids),
+        general_tokens=_tokens(general_lengths, general_ids, n_gen_pool),
         ratio_requested=float(general_ratio) if general_ratio is not None else None,
         general_tokens_requested=budget,
         ratio_achieved=gen_sup_used / task_sup_total if task_sup_total else 0.0,

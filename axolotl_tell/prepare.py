@@ -99,6 +99,18 @@ def load_general(cfg, tokenizer, entries, split: str = "train") -> tuple[Dataset
     return general, sources
 
 
+def _load_task_raw(ds_cfg, cfg, index: int) -> Dataset:
+    where = f"`tell_task_datasets[{index}]` ({ds_cfg.path})"
+    path = Path(str(ds_cfg.path))
+    if path.is_file() and path.stat().st_size == 0:
+        raise TellDataError(f"[axolotl_tell] {where} is an empty file. Fix: point it at a file with task examples.")
+    try:
+        return compat.load_raw_dataset(ds_cfg, cfg)
+    except Exception as err:  # name the entry: the loader's own message often does not
+        raise TellDataError(f"[axolotl_tell] {where} could not be loaded: {type(err).__name__}: {err}. "
+                            "Fix: check the path, `ds_type` and the file's format.") from err
+
+
 def load_task(cfg, tokenizer, entries, anchor: Anchor, first_id: int) -> tuple[Dataset, list[dict]]:
     """Anchored, tokenized task rows; every row must fit ``sequence_len`` and supervise something."""
     from axolotl.utils.dict import DictDefault
@@ -106,7 +118,7 @@ def load_task(cfg, tokenizer, entries, anchor: Anchor, first_id: int) -> tuple[D
     untruncated = DictDefault({**cfg, "sequence_len": NO_LIMIT})
     parts, sources, problems = [], [], []
     for i, ds_cfg in enumerate(entries):
-        raw = compat.load_raw_dataset(ds_cfg, cfg)
+        raw = _load_task_raw(ds_cfg, cfg, i)
         if len(raw) == 0:
             raise TellDataError(f"[axolotl_tell] `tell_task_datasets[{i}]` ({ds_cfg.path}) has no rows. "
                                 "Fix: point it at a file with task examples.")

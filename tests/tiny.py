@@ -54,8 +54,11 @@ def build_tiny_model(out: Path) -> Path:
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    """Write rows; an identical existing file is left untouched (its mtime is part of the cache key)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    text = "".join(json.dumps(r) + "\n" for r in rows)
+    if not (path.is_file() and path.read_text(encoding="utf-8") == text):
+        path.write_text(text, encoding="utf-8")
     return path
 
 
@@ -85,3 +88,48 @@ def chat_rows(n: int, seed: int) -> list[dict]:
 def completion_rows(n: int, seed: int) -> list[dict]:
     rng = random.Random(seed)
     return [{"text": _sentence(rng, 10)} for _ in range(n)]
+
+
+CPU_TRAINING = {
+    "adapter": "lora", "lora_r": 4, "lora_alpha": 8, "lora_dropout": 0.0, "lora_target_linear": True,
+    "lora_mlp_kernel": False, "lora_qkv_kernel": False, "lora_o_kernel": False, "lora_embedding_kernel": False,
+    "micro_batch_size": 4, "gradient_accumulation_steps": 1, "num_epochs": 1, "learning_rate": 1e-3,
+    "optimizer": "adamw_torch", "lr_scheduler": "constant", "bf16": False, "fp16": False, "tf32": False,
+    "logging_steps": 1, "save_strategy": "no", "dataset_num_proc": 1,
+}
+
+
+def make_workspace(root: Path, model: Path, *, task: str = "alpaca", general_rows: int = 120,
+                   task_rows: int = 10, **overrides) -> tuple[Path, dict]:
+    """Data files plus a TELL config (dict) for the tiny model; returns (config path, config)."""
+    import yaml
+
+    root.mkdir(parents=True, exist_ok=True)
+    general = write_jsonl(root / "general.jsonl", alpaca_rows(general_rows, 5))
+    if task == "alpaca":
+        task_file, task_entry = write_jsonl(root / "task.jsonl", task_alpaca_rows(task_rows)), {"type": "alpaca"}
+    elif task == "chat_template":
+        task_file = write_jsonl(root / "task.jsonl", chat_rows(task_rows, 3))
+        task_entry = {"type": "chat_template"}
+    else:
+        task_file, task_entry = write_jsonl(root / "task.jsonl", completion_rows(task_rows, 3)), {"type": "completion"}
+    cfg = {
+        "base_model": str(model),
+        "plugins": ["axolotl_tell.TellPlugin"],
+        "datasets": [{"path": str(general), "ds_type": "json", "type": "alpaca"}],
+        "tell_task_datasets": [{"path": str(task_file), "ds_type": "json", **task_entry}],
+        "tell_anchor": "You turn statements into questions about animals.",
+        "tell_general_ratio": 2,
+        "tell_task_repeats": 3,
+        "seed": 7,
+        "sequence_len": 256,
+        "sample_packing": False,
+        "dataset_prepared_path": str(root / "prepared"),
+        "output_dir": str(root / "out"),
+        **CPU_TRAINING,
+    }
+    cfg.update(overrides)
+    cfg = {k: v for k, v in cfg.items() if v is not None}
+    path = root / "config.yml"
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return path, cfg
