@@ -1,0 +1,50 @@
+"""`axolotl preprocess` + `axolotl train` through the plugin, as a user runs them (tiny model, CPU)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from tiny import make_workspace
+
+pytestmark = pytest.mark.e2e
+
+
+def axolotl(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    proc = subprocess.run([str(Path(sys.executable).parent / "axolotl"), *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc
+
+
+@pytest.mark.parametrize("task,packed", [("alpaca", False), ("chat_template", True)])
+def test_preprocess_then_train(tiny_model, tmp_path, task, packed):
+    cfg_path, cfg = make_workspace(tmp_path, tiny_model, task=task, sample_packing=packed)
+    out = Path(cfg["output_dir"])
+
+    pre = axolotl("preprocess", str(cfg_path), cwd=tmp_path)
+    report = json.loads((out / "tell_report.json").read_text())
+    assert report["task"]["rows"] == 10 and report["task"]["occurrences"] == 30
+    assert "TELL mix" in pre.stdout + pre.stderr
+    (out / "tell_report.json").unlink()
+
+    train = axolotl("train", str(cfg_path), cwd=tmp_path)
+    log = train.stdout + train.stderr
+    assert "loading prepared TELL mix" in log  # train reused what preprocess built
+    again = json.loads((out / "tell_report.json").read_text())
+    assert again["plan_sha256"] == report["plan_sha256"]
+    spec = json.loads((out / "tell.json").read_text())
+    assert spec["anchor"]["text"] == cfg["tell_anchor"]
+    assert spec["task_datasets"][0]["type"] == task
+    assert (out / "adapter_model.safetensors").is_file()
+    losses = [float(x) for x in re.findall(r"'loss': '?([0-9.]+)", log)]
+    assert losses, log[-2000:]
+    rows = report["rows_total"]
+    if not packed:  # sequential sampler, nothing dropped: ceil(rows / micro_batch) steps
+        assert f"/{-(-rows // cfg['micro_batch_size'])} " in log or len(losses) == -(-rows // 4)
