@@ -1,0 +1,109 @@
+"""`axolotl-tell preview | infer`: check the mix before training, and serve with the trained anchor.
+
+    axolotl-tell preview CONFIG [--examples 1]
+    axolotl-tell infer CONFIG --prompt TEXT [--input TEXT] [--max-new-tokens 64] [--show-prompt] [--adapter DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+OFFLINE_DEFAULTS = {"AXOLOTL_DO_NOT_TRACK": "1", "DO_NOT_TRACK": "1", "TOKENIZERS_PARALLELISM": "false"}
+
+
+def _load_cfg(path: str):
+    from axolotl.cli.config import load_cfg
+
+    return load_cfg(path)
+
+
+def _marked(text: str, anchor: str) -> str:
+    return text.replace(anchor, f"«ANCHOR»{anchor}«/ANCHOR»")
+
+
+def preview(args) -> int:
+    """Plan (or load) the mix without training; print the table, examples, and write the timeline plot."""
+    import numpy as np
+
+    from axolotl_tell import compat
+    from axolotl_tell.plots import TIMELINE_FILE, plot_timeline
+    from axolotl_tell.prepare import SOURCE_COLUMN, prepare_tell_datasets
+    from axolotl_tell.report import format_table, write_outputs
+
+    cfg = _load_cfg(args.config)
+    tokenizer = compat.load_tokenizer(cfg)
+    prepared = prepare_tell_datasets(cfg, tokenizer)
+    report = prepared.report
+    write_outputs(cfg.output_dir, report, cfg)
+    print(format_table(report))
+    sources = np.asarray(prepared.train_dataset[SOURCE_COLUMN])
+    kinds = {s["id"]: s["kind"] for s in report["sources"]}
+    anchor = report["anchor"]["text"]
+    for kind in ("task", "general"):
+        rows = [i for i, s in enumerate(sources) if kinds[int(s)] == kind][: args.examples]
+        for i in rows:
+            row = prepared.train_dataset[i]
+            cut = next((k for k, v in enumerate(row["labels"]) if v != -100), len(row["labels"]))
+            print(f"\n--- first {kind} row (position {i}); prompt, then [trained] answer ---")
+            print(_marked(tokenizer.decode(row["input_ids"][:cut]), anchor) + "[" +
+                  tokenizer.decode(row["input_ids"][cut:]) + "]")
+    task_positions = np.flatnonzero([kinds[int(s)] == "task" for s in sources])
+    rows_per_step = int(cfg.micro_batch_size or 1) * int(cfg.gradient_accumulation_steps or 1)
+    plot = plot_timeline(Path(cfg.output_dir) / TIMELINE_FILE, task_positions, len(sources), rows_per_step)
+    print(f"\ntimeline plot: {plot}\nreport: {Path(cfg.output_dir) / 'tell_report.json'}")
+    return 0
+
+
+def infer(args) -> int:
+    """Generate greedily from the saved adapter, with the anchor exactly as in training."""
+    from axolotl_tell.generate import generate, load_model
+    from axolotl_tell.prompting import load_spec, prompt_ids, row_from_text
+
+    cfg = _load_cfg(args.config)
+    output_dir = args.adapter or cfg.output_dir
+    spec = load_spec(output_dir)
+    model, tokenizer = load_model(cfg.base_model, adapter=output_dir)
+    row = row_from_text(spec["task_datasets"][args.dataset_index], args.prompt, args.input or "")
+    ids = prompt_ids(spec, tokenizer, row, args.dataset_index)
+    if args.show_prompt:
+        print("=== prompt (exactly as in training) ===")
+        print(tokenizer.decode(ids))
+        print(f"=== {len(ids)} tokens: {json.dumps(ids)}")
+        print("=== completion ===")
+    print(generate(model, tokenizer, [ids], max_new_tokens=args.max_new_tokens)[0])
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="axolotl-tell", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("preview", help="plan the mix without training; print and plot it")
+    p.add_argument("config")
+    p.add_argument("--examples", type=int, default=1, help="rows of each kind to print")
+    p.set_defaults(func=preview)
+    p = sub.add_parser("infer", help="generate with the trained anchor")
+    p.add_argument("config")
+    p.add_argument("--prompt", required=True, help="the instruction / user turn")
+    p.add_argument("--input", help="alpaca-style `input` field")
+    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--show-prompt", action="store_true", help="print the exact prompt text and ids first")
+    p.add_argument("--adapter", help="folder with the adapter and tell.json (default: the config's output_dir)")
+    p.add_argument("--dataset-index", type=int, default=0, help="which tell_task_datasets entry's format to use")
+    p.set_defaults(func=infer)
+    return parser
+
+
+def main(argv=None) -> int:
+    for key, value in OFFLINE_DEFAULTS.items():
+        os.environ.setdefault(key, value)
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,60 @@
+"""Score a model on task rows (anchored prompts, greedy) and on held-out general rows (token loss)."""
+
+from __future__ import annotations
+
+from axolotl_tell.anchor import INSTRUCTION, MESSAGES, dataset_family
+from axolotl_tell.generate import generate
+from axolotl_tell.metrics import score
+from axolotl_tell.prompting import prompt_ids_many
+
+
+def reference_answer(entry: dict, row: dict) -> str:
+    """The expected answer of a raw task row: the last assistant turn, or ``output``."""
+    family = dataset_family(entry["type"])
+    if family == MESSAGES:
+        mapping = entry.get("message_property_mappings") or {}
+        content = mapping.get("content", "content")
+        return row[entry.get("field_messages") or "messages"][-1][content]
+    if family == INSTRUCTION:
+        return row["output"]
+    raise ValueError("completion task rows have no separate answer to score")
+
+
+def task_score(model, tokenizer, spec: dict, rows: list[dict], metric: str = "exact_match",
+               max_new_tokens: int = 24, batch_size: int = 16, dataset_index: int = 0) -> dict:
+    """Generate for each row from its training-exact prompt and score against its answer."""
+    entry = spec["task_datasets"][dataset_index]
+    prompts = prompt_ids_many(spec, tokenizer, rows, dataset_index)
+    predictions = generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size)
+    references = [reference_answer(entry, row) for row in rows]
+    result = score(metric, predictions, references)
+    result["metric"] = metric
+    result["examples"] = [{"prediction": p, "reference": r} for p, r in list(zip(predictions, references))[:5]]
+    result["predictions"] = predictions
+    return result
+
+
+def general_loss(model, tokenizer, rows: list[dict], batch_size: int = 8) -> float:
+    """Token-weighted mean loss on the last assistant turn of chat rows, in the model's own template.
+
+    No anchor: this measures how well the model still answers ordinary requests.
+    """
+    import torch
+
+    device = next(model.parameters()).device
+    total_loss, total_tokens = 0.0, 0
+    for start in range(0, len(rows), batch_size):
+        for row in rows[start:start + batch_size]:
+            messages = row["messages"]
+            prompt = tokenizer.apply_chat_template(messages[:-1], add_generation_prompt=True, tokenize=False)
+            full = tokenizer.apply_chat_template(messages, tokenize=False)
+            prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+            ids = tokenizer(full, add_special_tokens=False)["input_ids"]
+            labels = [-100] * len(prompt_ids) + ids[len(prompt_ids):]
+            with torch.no_grad():
+                out = model(input_ids=torch.tensor([ids], device=device),
+                            labels=torch.tensor([labels], device=device))
+            n = sum(1 for v in labels[1:] if v != -100)
+            total_loss += float(out.loss) * n
+            total_tokens += n
+    return total_loss / max(total_tokens, 1)

@@ -1,0 +1,75 @@
+"""Plots a person can read (matplotlib, headless): where task rows fall over training, and per-source loss."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+TIMELINE_FILE = "tell_timeline.png"
+LOSS_FILE = "tell_loss.png"
+
+
+def _pyplot():
+    try:
+        import matplotlib
+    except ImportError as err:  # pragma: no cover - matplotlib ships with the test extra
+        raise RuntimeError("plots need matplotlib: pip install matplotlib") from err
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def task_rows_per_step(task_positions: np.ndarray, total_rows: int, rows_per_step: int) -> np.ndarray:
+    """How many task occurrences each optimizer step sees (unpacked: ``rows_per_step`` rows a step)."""
+    steps = max(1, -(-total_rows // max(rows_per_step, 1)))
+    return np.bincount(np.asarray(task_positions) // max(rows_per_step, 1), minlength=steps)[:steps]
+
+
+def plot_timeline(path, task_positions, total_rows: int, rows_per_step: int, title: str = "") -> Path:
+    """Task occurrences per optimizer step, and their cumulative share of the run."""
+    plt = _pyplot()
+    per_step = task_rows_per_step(task_positions, total_rows, rows_per_step)
+    steps = np.arange(per_step.size)
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(9, 5), sharex=True, height_ratios=[2, 1])
+    top.bar(steps, per_step, width=1.0, color="tab:orange", label="task rows in the step")
+    top.axhline(per_step.mean(), color="gray", lw=1, ls="--", label=f"mean {per_step.mean():.2f} / step")
+    top.set_ylabel("task rows")
+    top.legend(loc="upper right", fontsize=8)
+    top.set_title(title or f"Where the {len(task_positions)} task occurrences fall ({total_rows} rows, "
+                  f"{rows_per_step} rows/step)")
+    bottom.plot(steps, np.cumsum(per_step) / max(per_step.sum(), 1), color="tab:blue")
+    bottom.plot(steps, (steps + 1) / per_step.size, color="gray", lw=1, ls=":", label="ideal (uniform)")
+    bottom.set_ylabel("cumulative share")
+    bottom.set_xlabel("optimizer step")
+    bottom.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+def plot_losses(path, history: list[dict]) -> Path | None:
+    """Overall, task and general loss against step, from the trainer's log history."""
+    series = {key: [(h["step"], h[key]) for h in history if key in h and "step" in h]
+              for key in ("loss", "tell/task_loss", "tell/general_loss", "eval_tell/task_loss")}
+    series = {k: v for k, v in series.items() if v}
+    if not series:
+        return None
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(9, 4))
+    for key, points in series.items():
+        xs, ys = zip(*points)
+        ax.plot(xs, ys, label=key, marker="." if len(xs) < 40 else None)
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss (token-weighted mean)")
+    ax.set_title("Training loss by source")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    out = Path(path)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
