@@ -57,6 +57,24 @@ class TellArgs(BaseModel):
         default=DEFAULT_SEPARATOR,
         json_schema_extra={"description": "Text between the anchor and the text it prefixes."},
     )
+    tell_anchor_model: str | None = Field(
+        default=None,
+        json_schema_extra={
+            "description": "`tell_anchor: auto`: the model that writes the anchor (default: base_model)."
+        },
+    )
+    tell_anchor_examples: int | None = Field(
+        default=None,
+        json_schema_extra={"description": "`tell_anchor: auto`: task examples the model reads (default 8)."},
+    )
+    tell_anchor_template: str | None = Field(
+        default=None,
+        json_schema_extra={"description": "`tell_anchor: auto`: the prompt; {examples} is replaced by the examples."},
+    )
+    tell_anchor_max_tokens: int | None = Field(
+        default=None,
+        json_schema_extra={"description": "`tell_anchor: auto`: the anchor's token budget (default 96)."},
+    )
     tell_general_ratio: float | None = Field(
         default=None,
         json_schema_extra={
@@ -80,6 +98,31 @@ class TellArgs(BaseModel):
         json_schema_extra={
             "description": "error | warn | upsample: what to do when general data cannot meet the budget."
         },
+    )
+
+    tell_source_metrics: bool | None = Field(
+        default=True,
+        json_schema_extra={"description": "Log tell/task_loss and tell/general_loss (train and eval)."},
+    )
+    tell_task_eval_rows: int | None = Field(
+        default=0,
+        json_schema_extra={"description": "Hold out this many task rows (seeded) as a task-only eval set."},
+    )
+    tell_task_test_datasets: list[dict[str, Any]] | None = Field(
+        default=None,
+        json_schema_extra={"description": "Task eval data (anchored like the task data, never trained on)."},
+    )
+    tell_eval_generate: str | None = Field(
+        default=None,
+        json_schema_extra={
+            "description": "Generation metric on the task eval rows at the end of training: exact_match | "
+            "accuracy | json_fields | a dotted path to fn(predictions, references) -> dict."
+        },
+    )
+    tell_eval_max_new_tokens: int | None = Field(default=64)
+    tell_bake_anchor: bool | None = Field(
+        default=False,
+        json_schema_extra={"description": "Write the anchor into the saved chat template as the default system prompt."},
     )
 
     @model_validator(mode="before")
@@ -128,6 +171,7 @@ def validate_tell_config(cfg: dict) -> None:
         if not os.path.isfile(anchor_file):
             _fail("tell_anchor_file", f"file not found: {anchor_file}", "give an existing text file "
                   "(relative paths are read from the directory you run axolotl in)")
+    _validate_auto_anchor(cfg, isinstance(anchor, str) and anchor.strip() == "auto")
 
     placement = cfg.get("tell_anchor_placement", "auto") or "auto"
     if placement not in PLACEMENTS:
@@ -168,6 +212,22 @@ def validate_tell_config(cfg: dict) -> None:
     if epochs is not None and float(epochs) != 1.0:
         _fail("num_epochs", f"{epochs} would repeat the whole plan (and every task row) {epochs} times",
               "set `num_epochs: 1`; use `tell_task_repeats` and `tell_general_ratio` to size the run")
+    eval_rows = cfg.get("tell_task_eval_rows") or 0
+    if isinstance(eval_rows, bool) or not isinstance(eval_rows, int) or eval_rows < 0:
+        _fail("tell_task_eval_rows", f"must be an integer >= 0, got {eval_rows!r}", "e.g. `tell_task_eval_rows: 20`")
+    if eval_rows and cfg.get("tell_task_test_datasets"):
+        _fail("tell_task_eval_rows", "both `tell_task_eval_rows` and `tell_task_test_datasets` are set",
+              "keep one source of task eval rows")
+    tests = cfg.get("tell_task_test_datasets")
+    if tests is not None and (not isinstance(tests, list) or not all(isinstance(e, dict) and e.get("path") for e in tests)):
+        _fail("tell_task_test_datasets", "must be a list of dataset entries with a `path`", "write them like `datasets:` entries")
+    generate = cfg.get("tell_eval_generate")
+    if generate and generate not in ("exact_match", "accuracy", "json_fields") and "." not in str(generate):
+        _fail("tell_eval_generate", f"unknown metric {generate!r}",
+              "use exact_match, accuracy, json_fields, or a dotted path `package.module.function`")
+    if generate and not (eval_rows or tests):
+        _fail("tell_eval_generate", "there are no task eval rows to generate for",
+              "set `tell_task_eval_rows: N` or `tell_task_test_datasets`")
     for key, fix in _UNSUPPORTED_WITH_TELL.items():
         if cfg.get(key):
             _fail(key, "not supported together with TELL", fix)
@@ -177,6 +237,37 @@ def validate_tell_config(cfg: dict) -> None:
     if cfg.get("sample_packing") and cfg.get("sample_packing_sequentially") is False:
         _fail("sample_packing_sequentially", "false would let the packer reorder the planned rows",
               "remove the key; the plugin turns it on with sample_packing")
+
+
+def _int_at_least(value, low: int) -> bool:
+    return not isinstance(value, bool) and isinstance(value, int) and value >= low
+
+
+def _validate_auto_anchor(cfg: dict, auto: bool) -> None:
+    """The `tell_anchor_*` keys of self-generated anchors (`tell_anchor: auto`)."""
+    keys = ("tell_anchor_model", "tell_anchor_examples", "tell_anchor_template", "tell_anchor_max_tokens")
+    if not auto:
+        for key in keys:
+            if cfg.get(key) is not None:
+                _fail(key, "only used with `tell_anchor: auto`", "set `tell_anchor: auto`, or remove the key")
+        return
+    model = cfg.get("tell_anchor_model")
+    if model is not None and (not isinstance(model, str) or not model.strip()):
+        _fail("tell_anchor_model", "must be a model name or folder",
+              "e.g. `tell_anchor_model: HuggingFaceTB/SmolLM2-1.7B-Instruct`")
+    if model is None and not cfg.get("base_model"):
+        _fail("tell_anchor", "`auto` needs a model to write the anchor", "set `base_model` or `tell_anchor_model`")
+    k = cfg.get("tell_anchor_examples")
+    if k is not None and not _int_at_least(k, 1):
+        _fail("tell_anchor_examples", f"must be an integer >= 1, got {k!r}", "e.g. `tell_anchor_examples: 8`")
+    template = cfg.get("tell_anchor_template")
+    if template is not None and (not isinstance(template, str) or "{examples}" not in template):
+        _fail("tell_anchor_template", "must be a string containing `{examples}` (where the task examples go)",
+              "add `{examples}` to the template, or remove the key for the default template")
+    budget = cfg.get("tell_anchor_max_tokens")
+    if budget is not None and not _int_at_least(budget, 1):
+        _fail("tell_anchor_max_tokens", f"must be an integer >= 1, got {budget!r}",
+              "e.g. `tell_anchor_max_tokens: 96`")
 
 
 def force_planned_order(cfg: dict) -> None:
@@ -190,6 +281,10 @@ def force_planned_order(cfg: dict) -> None:
         cfg["sample_packing_sequentially"] = True
     if cfg.get("dataloader_drop_last") is None:
         cfg["dataloader_drop_last"] = False
+    if (cfg.get("tell_task_eval_rows") or cfg.get("tell_task_test_datasets")) and cfg.get("eval_sample_packing") is None:
+        cfg["eval_sample_packing"] = False  # a few task eval rows: packing would leave no full batch
+    if cfg.get("tell_source_metrics", True) is not False:
+        cfg["remove_unused_columns"] = False  # `tell_source` must reach the collator
 
 
 def resolved_repeats(cfg) -> int | str:

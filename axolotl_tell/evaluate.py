@@ -58,3 +58,47 @@ def general_loss(model, tokenizer, rows: list[dict], batch_size: int = 8) -> flo
             total_loss += float(out.loss) * n
             total_tokens += n
     return total_loss / max(total_tokens, 1)
+
+
+def resolve_metric(name: str):
+    """A built-in metric name, or a dotted path to ``fn(predictions, references) -> dict``."""
+    from axolotl_tell.metrics import METRICS, score
+
+    if name in METRICS:
+        return lambda predictions, references: score(name, predictions, references)
+    import importlib
+
+    module, _, attr = name.rpartition(".")
+    try:
+        fn = getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError, ValueError) as err:
+        raise ValueError(f"[axolotl_tell] `tell_eval_generate: {name}`: cannot import it ({err}). "
+                         "Fix: use exact_match, accuracy, json_fields or an importable `package.module.function`.")
+    return fn
+
+
+def generation_eval(model, tokenizer, spec: dict, eval_raw: list[dict], metric: str, max_new_tokens: int = 64,
+                    batch_size: int = 16) -> tuple[dict, list[dict]]:
+    """Generate for every held-out task row from its training-exact prompt; score with ``metric``.
+
+    Returns (metrics, one record per row: dataset_index, prompt, prediction, reference).
+    """
+    was_training = model.training
+    model.eval()
+    records, predictions, references = [], [], []
+    for index in sorted({r["dataset_index"] for r in eval_raw}):
+        rows = [r["row"] for r in eval_raw if r["dataset_index"] == index]
+        entry = spec["task_datasets"][index]
+        prompts = prompt_ids_many(spec, tokenizer, rows, index)
+        preds = generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size)
+        refs = [reference_answer(entry, row) for row in rows]
+        for prompt, pred, ref in zip(prompts, preds, refs):
+            records.append({"dataset_index": index, "prompt": tokenizer.decode(prompt), "prediction": pred,
+                            "reference": ref})
+        predictions += preds
+        references += refs
+    if was_training:
+        model.train()
+    result = dict(resolve_metric(metric)(predictions, references))
+    result["metric"] = metric
+    return result, records

@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import logging
 import os
+from pathlib import Path
 
 from axolotl.integrations.base import BasePlugin
 
 from axolotl_tell import compat
 from axolotl_tell.args import tell_enabled
-from axolotl_tell.prepare import SOURCE_COLUMN, load_general, prepare_tell_datasets
-from axolotl_tell.report import format_table, write_outputs
+from axolotl_tell.prepare import SOURCE_COLUMN, PreparedTell, load_general, prepare_tell_datasets
+from axolotl_tell.report import format_table, write_json, write_outputs
 
 LOG = logging.getLogger("axolotl.tell")
+EVAL_PREDICTIONS_FILE = "tell_eval.jsonl"
+EVAL_METRICS_FILE = "tell_eval.json"
 
 
 def _is_main_process() -> bool:
@@ -24,7 +27,10 @@ class TellPlugin(BasePlugin):
 
     def __init__(self):
         super().__init__()
-        self.report: dict | None = None
+        self.prepared: PreparedTell | None = None
+        self.source_kinds: dict[int, str] = {}
+        self.trainer = None
+        self.finished = False
 
     def get_input_args(self) -> str:
         return "axolotl_tell.args.TellArgs"
@@ -36,21 +42,84 @@ class TellPlugin(BasePlugin):
         if not tell_enabled(cfg):
             return None  # plain Axolotl loading (anchored `type:`s still work there)
         tokenizer = compat.load_tokenizer(cfg)
-        prepared = prepare_tell_datasets(cfg, tokenizer)
-        self.report = prepared.report
+        self.prepared = prepared = prepare_tell_datasets(cfg, tokenizer)
         if _is_main_process():
             write_outputs(cfg.output_dir, prepared.report, cfg)
             LOG.info("\n%s", format_table(prepared.report))
-        train = prepared.train_dataset.remove_columns(SOURCE_COLUMN)
-        eval_dataset = None
-        if cfg.test_datasets:
-            eval_dataset, _ = load_general(cfg, tokenizer, cfg.test_datasets, split="test")
-            eval_dataset = compat.drop_long_rows(eval_dataset, cfg).remove_columns(SOURCE_COLUMN)
+        self.source_kinds = {s["id"]: s["kind"] for s in prepared.report["sources"]}
+        keep_sources = cfg.get("tell_source_metrics") is not False
+        train = prepared.train_dataset
+        eval_parts = [prepared.eval_dataset] if prepared.eval_dataset is not None else []
+        if cfg.test_datasets:  # general eval data, tokenized as plain Axolotl does
+            general_eval, _ = load_general(cfg, tokenizer, cfg.test_datasets, split="test")
+            general_id = max(self.source_kinds) + 1
+            self.source_kinds[general_id] = "general"
+            eval_parts.append(compat.drop_long_rows(general_eval, cfg).map(lambda _: {SOURCE_COLUMN: general_id}))
+        eval_dataset = _concat(eval_parts)
+        if eval_dataset is not None and cfg.sample_packing and cfg.eval_sample_packing is not False:
+            eval_dataset = compat.prepare_for_packing(eval_dataset, cfg)
+        if not keep_sources:
+            train = train.remove_columns(SOURCE_COLUMN)
+            eval_dataset = eval_dataset.remove_columns(SOURCE_COLUMN) if eval_dataset is not None else None
         if preprocess or os.environ.get("AXOLOTL_IS_PREPROCESS") == "1":
             return compat.train_dataset_meta(train, eval_dataset, -1)
         return compat.train_dataset_meta(train, eval_dataset, compat.total_num_steps(cfg, train))
 
+    def post_trainer_create(self, cfg, trainer):
+        self.trainer = trainer
+        if self.prepared is not None and cfg.get("tell_source_metrics") is not False:
+            from axolotl_tell.source_metrics import SourceLossMeter, attach
+
+            attach(trainer, SourceLossMeter(self.source_kinds))
+
     def post_train(self, cfg, model):
-        # Axolotl calls this more than once; writing the same files again is harmless.
-        if self.report is not None and _is_main_process():
-            write_outputs(cfg.output_dir, self.report, cfg)
+        # Axolotl calls this twice; the work below runs once.
+        if self.prepared is None or self.finished:
+            return
+        self.finished = True
+        if not _is_main_process():
+            return
+        out = Path(cfg.output_dir)
+        write_outputs(out, self.prepared.report, cfg)
+        if cfg.get("tell_eval_generate") and self.prepared.eval_raw:
+            self._generation_eval(cfg, model, out)
+        self._plots(cfg, out)
+
+    def _generation_eval(self, cfg, model, out: Path):
+        from axolotl_tell.evaluate import generation_eval
+        from axolotl_tell.generate import write_predictions
+        from axolotl_tell.prompting import load_spec
+
+        tokenizer = compat.load_tokenizer(cfg)
+        metrics, records = generation_eval(model, tokenizer, load_spec(out), self.prepared.eval_raw,
+                                           cfg.tell_eval_generate, max_new_tokens=cfg.get("tell_eval_max_new_tokens") or 64)
+        write_predictions(out / EVAL_PREDICTIONS_FILE, records)
+        write_json(out / EVAL_METRICS_FILE, metrics)
+        LOG.info("[axolotl_tell] task eval (%s, %d rows): %s", cfg.tell_eval_generate, len(records),
+                 {k: v for k, v in metrics.items() if isinstance(v, (int, float))})
+
+    def _plots(self, cfg, out: Path):
+        try:
+            import numpy as np
+
+            from axolotl_tell.plots import LOSS_FILE, TIMELINE_FILE, plot_losses, plot_timeline
+
+            order = np.load(self.prepared.path / "plan_order.npy")
+            general_rows = self.prepared.report["general"]["rows_available"]
+            world = int(os.environ.get("WORLD_SIZE", "1"))
+            rows_per_step = int(cfg.micro_batch_size or 1) * int(cfg.gradient_accumulation_steps or 1) * world
+            plot_timeline(out / TIMELINE_FILE, np.flatnonzero(order >= general_rows), order.size, rows_per_step)
+            if self.trainer is not None:
+                plot_losses(out / LOSS_FILE, self.trainer.state.log_history)
+        except Exception as err:  # a plot must never fail a finished training run
+            LOG.warning("[axolotl_tell] plots skipped: %s", err)
+
+
+def _concat(parts):
+    if not parts:
+        return None
+    if len(parts) == 1:
+        return parts[0]
+    from datasets import concatenate_datasets
+
+    return concatenate_datasets(parts)

@@ -48,6 +48,8 @@ class PreparedTell:
     report: dict
     path: Path  # the prepared folder
     from_cache: bool
+    eval_dataset: Dataset | None = None  # anchored task eval rows (never trained on), with the SOURCE_COLUMN
+    eval_raw: list[dict] | None = None  # their raw rows: {"dataset_index", "row"}, for generation metrics
 
 
 def run_seed(cfg) -> int:
@@ -99,8 +101,8 @@ def load_general(cfg, tokenizer, entries, split: str = "train") -> tuple[Dataset
     return general, sources
 
 
-def _load_task_raw(ds_cfg, cfg, index: int) -> Dataset:
-    where = f"`tell_task_datasets[{index}]` ({ds_cfg.path})"
+def _load_task_raw(ds_cfg, cfg, index: int, key: str = "tell_task_datasets") -> Dataset:
+    where = f"`{key}[{index}]` ({ds_cfg.path})"
     path = Path(str(ds_cfg.path))
     if path.is_file() and path.stat().st_size == 0:
         raise TellDataError(f"[axolotl_tell] {where} is an empty file. Fix: point it at a file with task examples.")
@@ -111,32 +113,43 @@ def _load_task_raw(ds_cfg, cfg, index: int) -> Dataset:
                             "Fix: check the path, `ds_type` and the file's format.") from err
 
 
-def load_task(cfg, tokenizer, entries, anchor: Anchor, first_id: int) -> tuple[Dataset, list[dict]]:
-    """Anchored, tokenized task rows; every row must fit ``sequence_len`` and supervise something."""
+def task_raw_data(cfg, task_entries) -> list[tuple]:
+    """``[(ds_cfg, raw rows), ...]`` per task entry: what ``tell_anchor: auto`` describes."""
+    return [(ds_cfg, _load_task_raw(ds_cfg, cfg, i)) for i, ds_cfg in enumerate(task_entries)]
+
+
+def load_task(cfg, tokenizer, entries, anchor: Anchor, first_id: int, key: str = "tell_task_datasets",
+              ids: list[int] | None = None) -> tuple[Dataset, list[dict], list[dict]]:
+    """Anchored, tokenized task rows; every row must fit ``sequence_len`` and supervise something.
+
+    Returns (tokenized rows, sources, raw rows as ``{"dataset_index", "row"}``, in the same order).
+    """
     from axolotl.utils.dict import DictDefault
 
     untruncated = DictDefault({**cfg, "sequence_len": NO_LIMIT})
-    parts, sources, problems = [], [], []
+    parts, sources, problems, raws = [], [], [], []
     for i, ds_cfg in enumerate(entries):
-        raw = _load_task_raw(ds_cfg, cfg, i)
+        raw = _load_task_raw(ds_cfg, cfg, i, key)
         if len(raw) == 0:
-            raise TellDataError(f"[axolotl_tell] `tell_task_datasets[{i}]` ({ds_cfg.path}) has no rows. "
+            raise TellDataError(f"[axolotl_tell] `{key}[{i}]` ({ds_cfg.path}) has no rows. "
                                 "Fix: point it at a file with task examples.")
         strategy = AnchoredDatasetStrategy(str(ds_cfg.type), tokenizer, untruncated, ds_cfg, anchor=anchor)
         tokenized = strategy.wrap_dataset(raw, process_count=cfg.dataset_num_proc)
         lengths, supervised = row_token_counts(tokenized)
         for row in np.flatnonzero(lengths > cfg.sequence_len)[:5]:
-            problems.append(f"tell_task_datasets[{i}] ({ds_cfg.path}) row {row}: {lengths[row]} tokens "
+            problems.append(f"{key}[{i}] ({ds_cfg.path}) row {row}: {lengths[row]} tokens "
                             f"> sequence_len {cfg.sequence_len}")
         for row in np.flatnonzero(supervised == 0)[:5]:
-            problems.append(f"tell_task_datasets[{i}] ({ds_cfg.path}) row {row}: no supervised tokens "
+            problems.append(f"{key}[{i}] ({ds_cfg.path}) row {row}: no supervised tokens "
                             "(empty answer, or every label masked)")
         if len(tokenized) != len(raw):
-            problems.append(f"tell_task_datasets[{i}] ({ds_cfg.path}): the prompt strategy kept "
+            problems.append(f"{key}[{i}] ({ds_cfg.path}): the prompt strategy kept "
                             f"{len(tokenized)} of {len(raw)} rows")
-        sources.append({"id": first_id + i, "kind": "task", "index": i, "path": ds_cfg.path,
+        source_id = ids[i] if ids else first_id + i
+        sources.append({"id": source_id, "kind": "task", "index": i, "path": ds_cfg.path,
                         "type": str(ds_cfg.type), "placement": strategy.placement, "rows_raw": len(raw)})
-        parts.append(_with_source(tokenized, first_id + i))
+        parts.append(_with_source(tokenized, source_id))
+        raws.extend({"dataset_index": i, "row": row} for row in raw.to_list())
     if problems:
         raise TellDataError(
             "[axolotl_tell] task rows that Axolotl would silently drop, truncate or not train on:\n  "
@@ -144,7 +157,22 @@ def load_task(cfg, tokenizer, entries, anchor: Anchor, first_id: int) -> tuple[D
             + "\nFix: raise `sequence_len`, shorten `tell_anchor`, or fix/remove those rows."
         )
     task = concatenate_datasets(parts) if len(parts) > 1 else parts[0]
-    return task, sources
+    return task, sources, raws
+
+
+def split_task_eval(cfg, task: Dataset, raws: list[dict]):
+    """Hold out ``tell_task_eval_rows`` task rows (seeded) for a task-only eval set, before planning."""
+    n_eval = int(cfg.get("tell_task_eval_rows") or 0)
+    if not n_eval:
+        return task, raws, None, []
+    if n_eval >= len(task):
+        raise TellDataError(f"[axolotl_tell] `tell_task_eval_rows: {n_eval}` leaves no task row to train on "
+                            f"({len(task)} task rows). Fix: hold out fewer rows, or use `tell_task_test_datasets`.")
+    rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence([run_seed(cfg), 7])))
+    perm = rng.permutation(len(task))
+    held, kept = np.sort(perm[:n_eval]), np.sort(perm[n_eval:])
+    return (task.select(kept).flatten_indices(), [raws[i] for i in kept],
+            task.select(held).flatten_indices(), [raws[i] for i in held])
 
 
 def _plan(cfg, task_counts, general_counts) -> MixPlan:
@@ -170,7 +198,7 @@ def _plan(cfg, task_counts, general_counts) -> MixPlan:
         ) from err
 
 
-def _build(cfg, tokenizer, anchor, general_entries, task_entries) -> tuple[Dataset, dict]:
+def _build(cfg, tokenizer, anchor, general_entries, task_entries, test_entries):
     general, general_sources = load_general(cfg, tokenizer, general_entries)
     rows_tokenized = len(general)
     general = compat.drop_long_rows(general, cfg)
@@ -180,7 +208,11 @@ def _build(cfg, tokenizer, anchor, general_entries, task_entries) -> tuple[Datas
     if trainable.size < len(general):  # rows with nothing to learn only cost compute
         general = general.select(trainable).flatten_indices()
         gen_counts = (gen_counts[0][trainable], gen_counts[1][trainable])
-    task, task_sources = load_task(cfg, tokenizer, task_entries, anchor, first_id=len(general_sources))
+    task, task_sources, task_raws = load_task(cfg, tokenizer, task_entries, anchor, first_id=len(general_sources))
+    task, task_raws, eval_task, eval_raws = split_task_eval(cfg, task, task_raws)
+    if test_entries:  # eval rows count as the first task source in per-source metrics
+        eval_task, _, eval_raws = load_task(cfg, tokenizer, test_entries, anchor, first_id=0,
+                                            key="tell_task_test_datasets", ids=[task_sources[0]["id"]] * len(test_entries))
     task_counts = row_token_counts(task)
 
     plan = _plan(cfg, task_counts, gen_counts)
@@ -198,36 +230,55 @@ def _build(cfg, tokenizer, anchor, general_entries, task_entries) -> tuple[Datas
                            "rows_dropped_no_supervised_tokens": rows_fit - int(trainable.size)},
         cfg=cfg,
     )
-    return mixed, report, plan
+    report["task"]["eval_rows"] = len(eval_task) if eval_task is not None else 0
+    report["task"]["eval_source"] = ("held_out" if cfg.get("tell_task_eval_rows") else
+                                     "tell_task_test_datasets" if test_entries else None)
+    return mixed, report, plan, eval_task, eval_raws
 
 
 def prepare_tell_datasets(cfg, tokenizer) -> PreparedTell:
     """The planned TELL mix for ``cfg``: from the prepared folder if it is current, else built now."""
     from filelock import FileLock
 
-    anchor = resolve_anchor(cfg)
     general_entries = list(cfg.datasets or [])
     if not general_entries:
         raise TellDataError("[axolotl_tell] `datasets:` is empty: TELL needs general data to mix the task into. "
                             "Fix: list general instruction data under `datasets:`.")
     task_entries = [_task_entry_cfg(dict(e), cfg) for e in cfg.tell_task_datasets]
-    key = cache.cache_key(cfg, tokenizer, anchor.text, general_entries, task_entries)
+    anchor = resolve_anchor(cfg, task_data=lambda: task_raw_data(cfg, task_entries))  # `auto`: cached or generated
+    test_entries = [_task_entry_cfg(dict(e), cfg) for e in cfg.get("tell_task_test_datasets") or []]
+    key = cache.cache_key(cfg, tokenizer, anchor.text, general_entries, task_entries + test_entries)
     path = cache.prepared_dir(cfg, key)
     path.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(path) + ".lock"):  # one rank builds, the others load
-        if cache.is_ready(path):
+        from_cache = cache.is_ready(path)
+        if from_cache:
             LOG.info("[axolotl_tell] loading prepared TELL mix from %s", path)
-            report = json.loads((path / "tell_report.json").read_text())
-            return PreparedTell(load_from_disk(str(path / "train")), report, path, from_cache=True)
-        LOG.info("[axolotl_tell] building the TELL mix (cache key %s)", key[:20])
-        mixed, report, plan = _build(cfg, tokenizer, anchor, general_entries, task_entries)
-        report["prepared_path"] = str(path)
-        report["cache_key"] = key
+        else:
+            LOG.info("[axolotl_tell] building the TELL mix (cache key %s)", key[:20])
+            mixed, report, plan, eval_task, eval_raws = _build(cfg, tokenizer, anchor, general_entries,
+                                                               task_entries, test_entries)
+            report["prepared_path"] = str(path)
+            report["cache_key"] = key
 
-        def write(tmp: Path):
-            mixed.save_to_disk(str(tmp / "train"))
-            np.save(tmp / "plan_order.npy", plan.order)
-            (tmp / "tell_report.json").write_text(json.dumps(report, indent=2))
+            def write(tmp: Path):
+                mixed.save_to_disk(str(tmp / "train"))
+                if eval_task is not None:
+                    eval_task.save_to_disk(str(tmp / "task_eval"))
+                    (tmp / "task_eval_raw.jsonl").write_text(
+                        "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in eval_raws), encoding="utf-8")
+                np.save(tmp / "plan_order.npy", plan.order)
+                (tmp / "tell_report.json").write_text(json.dumps(report, indent=2))
 
-        cache.save_atomically(path, write)
-    return PreparedTell(load_from_disk(str(path / "train")), report, path, from_cache=False)
+            cache.save_atomically(path, write)
+    return load_prepared(path, from_cache)
+
+
+def load_prepared(path: Path, from_cache: bool = True) -> PreparedTell:
+    """A prepared TELL folder: train mix, report, and the task eval rows if any."""
+    report = json.loads((path / "tell_report.json").read_text())
+    eval_dataset = eval_raw = None
+    if (path / "task_eval").is_dir():
+        eval_dataset = load_from_disk(str(path / "task_eval"))
+        eval_raw = [json.loads(line) for line in (path / "task_eval_raw.jsonl").read_text(encoding="utf-8").splitlines()]
+    return PreparedTell(load_from_disk(str(path / "train")), report, path, from_cache, eval_dataset, eval_raw)

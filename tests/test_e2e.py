@@ -25,12 +25,16 @@ def axolotl(*args: str, cwd: Path) -> subprocess.CompletedProcess:
 
 @pytest.mark.parametrize("task,packed", [("alpaca", False), ("chat_template", True)])
 def test_preprocess_then_train(tiny_model, tmp_path, task, packed):
-    cfg_path, cfg = make_workspace(tmp_path, tiny_model, task=task, sample_packing=packed)
+    extra = {"tell_task_eval_rows": 2, "tell_eval_generate": "exact_match", "tell_eval_max_new_tokens": 4,
+             "eval_steps": 4} if packed else {}
+    cfg_path, cfg = make_workspace(tmp_path, tiny_model, task=task, sample_packing=packed, **extra)
     out = Path(cfg["output_dir"])
 
     pre = axolotl("preprocess", str(cfg_path), cwd=tmp_path)
     report = json.loads((out / "tell_report.json").read_text())
-    assert report["task"]["rows"] == 10 and report["task"]["occurrences"] == 30
+    task_rows = 8 if packed else 10  # 2 held out for the task eval set
+    assert report["task"]["rows"] == task_rows and report["task"]["occurrences"] == 3 * task_rows
+    assert report["task"]["eval_rows"] == (2 if packed else 0)
     assert "TELL mix" in pre.stdout + pre.stderr
     (out / "tell_report.json").unlink()
 
@@ -45,6 +49,17 @@ def test_preprocess_then_train(tiny_model, tmp_path, task, packed):
     assert (out / "adapter_model.safetensors").is_file()
     losses = [float(x) for x in re.findall(r"'loss': '?([0-9.]+)", log)]
     assert losses, log[-2000:]
+    # per-source loss reaches the logs at every logging step
+    task_losses = re.findall(r"'tell/task_loss': '?([0-9.]+)", log)
+    general_losses = re.findall(r"'tell/general_loss': '?([0-9.]+)", log)
+    assert task_losses and general_losses and len(general_losses) >= len(losses) - 1, log[-2000:]
+    assert (out / "tell_timeline.png").is_file() and (out / "tell_loss.png").is_file()
+    if packed:  # the task-only eval set: eval loss by source, and generation metrics at the end
+        assert re.search(r"'eval_tell/task_loss': '?[0-9.]+", log), log[-3000:]
+        predictions = [json.loads(line) for line in (out / "tell_eval.jsonl").read_text().splitlines()]
+        assert len(predictions) == 2 and {"prompt", "prediction", "reference"} <= set(predictions[0])
+        assert cfg["tell_anchor"] in predictions[0]["prompt"]
+        assert json.loads((out / "tell_eval.json").read_text())["metric"] == "exact_match"
     rows = report["rows_total"]
     if not packed:  # sequential sampler, nothing dropped: ceil(rows / micro_batch) steps
         assert f"/{-(-rows // cfg['micro_batch_size'])} " in log or len(losses) == -(-rows // 4)

@@ -1,0 +1,146 @@
+"""Per-source loss: ``tell/task_loss`` and ``tell/general_loss``, token-weighted, across ranks.
+
+Three small pieces, attached to whatever trainer and collator Axolotl built (so
+packing, DeepSpeed and FSDP paths stay Axolotl's own):
+
+* :class:`SourceIdsCollator` wraps the collator: it removes each row's
+  ``tell_source`` before Axolotl's collator runs and returns ``tell_source_ids``,
+  one source id per token, aligned with ``labels`` (packed rows too; padding -1).
+* :class:`SourceLossMeter` adds up, per source kind, the summed token loss and
+  the supervised token count of each micro-batch, from the logits the model
+  already returned (no extra forward pass; only supervised positions are scored).
+* :func:`attach` wraps ``compute_loss`` and ``log``: at every logging step the
+  sums are all-reduced (sums, not means of means) and added to the logs, so every
+  logger Axolotl supports (stdout, tensorboard, wandb, mlflow) gets them.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import torch
+
+SOURCE_IDS = "tell_source_ids"
+KINDS = ("task", "general")
+LOG = logging.getLogger("axolotl.tell")
+
+
+def _source_of(feature: dict, column: str) -> int:
+    value = feature.pop(column)
+    return int(value[0] if isinstance(value, (list, tuple, np.ndarray)) else value)
+
+
+class SourceIdsCollator:
+    """Wrap an Axolotl collator; turn each row's ``tell_source`` into per-token ``tell_source_ids``."""
+
+    def __init__(self, inner, column: str = "tell_source"):
+        self.inner = inner
+        self.column = column
+
+    def __getattr__(self, name):  # behave like the wrapped collator for everything else
+        return getattr(self.inner, name)
+
+    def __call__(self, features, return_tensors=None):
+        packed = bool(features) and isinstance(features[0], list)
+        groups = features if packed else [[f] for f in features]
+        if not groups or self.column not in groups[0][0]:
+            return self.inner(features) if return_tensors is None else self.inner(features, return_tensors)
+        per_row = []
+        for group in groups:
+            ids = []
+            for feature in group:  # the dataloader builds fresh dicts per batch: popping is safe
+                source = _source_of(feature, self.column)
+                ids.extend([source] * len(feature["input_ids"]))
+            per_row.append(ids)
+        batch = self.inner(features) if return_tensors is None else self.inner(features, return_tensors)
+        labels = batch["labels"]
+        out = torch.full(labels.shape, -1, dtype=torch.long)
+        for row, ids in enumerate(per_row):
+            n = min(len(ids), labels.shape[1])
+            if getattr(self.inner, "tokenizer", None) is not None and self.inner.tokenizer.padding_side == "left":
+                out[row, labels.shape[1] - n:] = torch.tensor(ids[:n])
+            else:
+                out[row, :n] = torch.tensor(ids[:n])
+        batch[SOURCE_IDS] = out
+        return batch
+
+
+class SourceLossMeter:
+    """Summed token loss and supervised token counts per source kind, for train and eval."""
+
+    def __init__(self, source_kinds: dict[int, str]):
+        size = max(source_kinds) + 1 if source_kinds else 1
+        kind_of = torch.full((size,), -1, dtype=torch.long)
+        for source, kind in source_kinds.items():
+            kind_of[source] = KINDS.index(kind)
+        self.kind_of = kind_of
+        self.sums = {"train": torch.zeros(4, dtype=torch.float64), "eval": torch.zeros(4, dtype=torch.float64)}
+
+    @torch.no_grad()
+    def update(self, logits: torch.Tensor, labels: torch.Tensor, source_ids: torch.Tensor, split: str) -> None:
+        """Add one micro-batch: causal shift, supervised positions only, per-token CE in float32."""
+        shift_labels = labels[..., 1:].reshape(-1)
+        shift_sources = source_ids.to(labels.device)[..., 1:].reshape(-1)
+        keep = shift_labels != -100
+        if not bool(keep.any()):
+            return
+        flat_logits = logits[..., :-1, :].reshape(-1, logits.shape[-1])[keep].float()
+        token_loss = torch.nn.functional.cross_entropy(flat_logits, shift_labels[keep], reduction="none")
+        kinds = self.kind_of.to(labels.device)[shift_sources[keep].clamp(min=0)]
+        kinds = torch.where(shift_sources[keep] < 0, torch.full_like(kinds, -1), kinds)
+        sums = torch.zeros(4, dtype=torch.float64, device=labels.device)
+        for k in range(len(KINDS)):
+            mask = kinds == k
+            sums[2 * k] = token_loss[mask].double().sum()
+            sums[2 * k + 1] = mask.sum()
+        self.sums[split] += sums.cpu()
+
+    def pop(self, split: str) -> dict[str, float]:
+        """Metrics since the last call, summed over ranks; resets the split's sums."""
+        sums = self.sums[split].clone()
+        self.sums[split].zero_()
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else "cpu"
+            sums = sums.to(device)
+            torch.distributed.all_reduce(sums, op=torch.distributed.ReduceOp.SUM)
+            sums = sums.cpu()
+        out = {}
+        for k, kind in enumerate(KINDS):
+            loss_sum, count = float(sums[2 * k]), int(sums[2 * k + 1])
+            out[f"tell/{kind}_tokens"] = count
+            if count:
+                out[f"tell/{kind}_loss"] = loss_sum / count
+        return out
+
+
+def attach(trainer, meter: SourceLossMeter) -> None:
+    """Wrap the trainer's collators, ``compute_loss`` and ``log`` (instance-level; any trainer class)."""
+    trainer.data_collator = SourceIdsCollator(trainer.data_collator)
+    if getattr(trainer, "eval_data_collator", None) is not None:
+        trainer.eval_data_collator = SourceIdsCollator(trainer.eval_data_collator)
+    compute_loss, log = trainer.compute_loss, trainer.log
+    warned = []
+
+    def compute_loss_with_sources(model, inputs, return_outputs=False, **kwargs):
+        source_ids = inputs.pop(SOURCE_IDS, None)
+        if source_ids is None:
+            return compute_loss(model, inputs, return_outputs=return_outputs, **kwargs)
+        loss, outputs = compute_loss(model, inputs, return_outputs=True, **kwargs)
+        logits = getattr(outputs, "logits", None) if not isinstance(outputs, dict) else outputs.get("logits")
+        if logits is None or logits.dim() != 3:
+            if not warned:
+                LOG.warning("[axolotl_tell] the model returned no logits (fused loss kernel?): per-source loss is off")
+                warned.append(True)
+        else:
+            meter.update(logits.detach(), inputs["labels"], source_ids, "train" if model.training else "eval")
+        return (loss, outputs) if return_outputs else loss
+
+    def log_with_sources(logs, *args, **kwargs):
+        split = "eval" if any(key.startswith("eval_") for key in logs) else "train"
+        prefix = "eval_" if split == "eval" else ""
+        logs.update({prefix + key: value for key, value in meter.pop(split).items()})
+        return log(logs, *args, **kwargs)
+
+    trainer.compute_loss = compute_loss_with_sources
+    trainer.log = log_with_sources

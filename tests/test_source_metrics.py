@@ -1,0 +1,112 @@
+"""Per-source loss against a hand computation on fixed batches, unpacked and packed."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from axolotl_tell.source_metrics import SOURCE_IDS, SourceIdsCollator, SourceLossMeter
+
+KINDS = {0: "general", 1: "task", 2: "general"}
+
+
+def _rows(tokenizer):
+    texts = ["the cat sat on a big red house", "why did the dog run", "a small bird flew over the river and the tree"]
+    rows = []
+    for i, (text, source) in enumerate(zip(texts, [0, 1, 2])):
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        labels = [-100] * 2 + ids[2:]  # a masked prompt of 2 tokens
+        rows.append({"input_ids": ids, "attention_mask": [1] * len(ids), "labels": labels, "tell_source": source,
+                     "position_ids": list(range(len(ids)))})
+    return rows
+
+
+def _hand(logits, labels, owners):
+    """Token-weighted CE per kind by an explicit loop: label at t+1 belongs to owners[t+1]."""
+    sums = {"task": [0.0, 0], "general": [0.0, 0]}
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    for t in range(labels.shape[0] - 1):
+        target = int(labels[t + 1])
+        if target == -100 or owners[t + 1] < 0:
+            continue
+        kind = KINDS[owners[t + 1]]
+        sums[kind][0] -= float(logp[t, target])
+        sums[kind][1] += 1
+    return sums
+
+
+@pytest.fixture(scope="module")
+def model_and_tokenizer(tiny_model):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    return AutoModelForCausalLM.from_pretrained(tiny_model).eval(), AutoTokenizer.from_pretrained(tiny_model)
+
+
+def test_unpacked_batch_matches_hand_computation(model_and_tokenizer):
+    from axolotl.utils.collators import DataCollatorForSeq2Seq
+
+    model, tok = model_and_tokenizer
+    rows = _rows(tok)
+    for r in rows:
+        r.pop("position_ids")
+    collator = SourceIdsCollator(DataCollatorForSeq2Seq(tok, padding=True, return_tensors="pt"))
+    batch = collator([dict(r) for r in rows])
+    source_ids = batch.pop(SOURCE_IDS)
+    assert "tell_source" not in batch
+    for i, r in enumerate(rows):  # one id per real token, -1 on padding
+        assert source_ids[i, : len(r["input_ids"])].tolist() == [r["tell_source"]] * len(r["input_ids"])
+        assert (source_ids[i, len(r["input_ids"]):] == -1).all()
+    with torch.no_grad():
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    meter = SourceLossMeter(KINDS)
+    meter.update(logits, batch["labels"], source_ids, "train")
+    got = meter.pop("train")
+    want = {"task": [0.0, 0], "general": [0.0, 0]}
+    for i in range(len(rows)):
+        part = _hand(logits[i], batch["labels"][i], source_ids[i].tolist())
+        for kind in want:
+            want[kind][0] += part[kind][0]
+            want[kind][1] += part[kind][1]
+    for kind in ("task", "general"):
+        assert got[f"tell/{kind}_tokens"] == want[kind][1] > 0
+        assert math.isclose(got[f"tell/{kind}_loss"], want[kind][0] / want[kind][1], rel_tol=1e-5)
+    assert meter.pop("train") == {"tell/task_tokens": 0, "tell/general_tokens": 0}  # reset after a pop
+
+
+def test_packed_batch_attributes_tokens_to_their_rows(model_and_tokenizer):
+    from axolotl.utils.collators import V2BatchSamplerDataCollatorForSeq2Seq
+
+    model, tok = model_and_tokenizer
+    rows = _rows(tok)
+    collator = SourceIdsCollator(V2BatchSamplerDataCollatorForSeq2Seq(tok, padding=True, return_tensors="pt"))
+    packs = [[dict(rows[0]), dict(rows[1])], [dict(rows[2])]]
+    batch = collator(packs)
+    source_ids = batch.pop(SOURCE_IDS)
+    owners0 = [0] * len(rows[0]["input_ids"]) + [1] * len(rows[1]["input_ids"])
+    assert source_ids[0, : len(owners0)].tolist() == owners0
+    assert source_ids[1, : len(rows[2]["input_ids"])].tolist() == [2] * len(rows[2]["input_ids"])
+    with torch.no_grad():
+        logits = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"]).logits
+    meter = SourceLossMeter(KINDS)
+    meter.update(logits, batch["labels"], source_ids, "train")
+    got = meter.pop("train")
+    p0 = _hand(logits[0], batch["labels"][0], source_ids[0].tolist())
+    p1 = _hand(logits[1], batch["labels"][1], source_ids[1].tolist())
+    task_loss = (p0["task"][0] + p1["task"][0]) / (p0["task"][1] + p1["task"][1])
+    general_loss = (p0["general"][0] + p1["general"][0]) / (p0["general"][1] + p1["general"][1])
+    # the task row's own supervised tokens: len - 2 masked - its first token is predicted across the boundary
+    assert got["tell/task_tokens"] == len(rows[1]["input_ids"]) - 2
+    assert math.isclose(got["tell/task_loss"], task_loss, rel_tol=1e-5)
+    assert math.isclose(got["tell/general_loss"], general_loss, rel_tol=1e-5)
+
+
+def test_train_and_eval_sums_are_kept_apart():
+    meter = SourceLossMeter({0: "general", 1: "task"})
+    logits = torch.zeros(1, 3, 5)
+    labels = torch.tensor([[-100, 2, 3]])
+    meter.update(logits, labels, torch.tensor([[1, 1, 1]]), "eval")
+    assert meter.pop("train") == {"tell/task_tokens": 0, "tell/general_tokens": 0}
+    got = meter.pop("eval")
+    assert got["tell/task_tokens"] == 2 and math.isclose(got["tell/task_loss"], math.log(5), rel_tol=1e-6)
