@@ -19,7 +19,7 @@ No Axolotl import here: the functions take plain dicts.
 from __future__ import annotations
 
 import copy
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from axolotl_tell.args import DEFAULT_SEPARATOR
@@ -35,16 +35,31 @@ class Anchor:
     placement: str = "auto"  # as requested: auto | system | prefix
     separator: str = DEFAULT_SEPARATOR
     source: str = "config"  # config | file | auto
+    meta: dict | None = field(default=None, compare=False, hash=False)  # how an auto anchor was made
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
-def resolve_anchor(cfg) -> Anchor:
-    """The anchor from ``tell_anchor`` or ``tell_anchor_file`` (trailing whitespace stripped)."""
+def resolve_anchor(cfg, task_data=None) -> Anchor:
+    """The anchor from ``tell_anchor`` or ``tell_anchor_file`` (trailing whitespace stripped).
+
+    ``tell_anchor: auto`` generates it (or reuses the cached one) from the task
+    rows: ``task_data`` is ``[(ds_cfg, raw rows), ...]`` or a callable that
+    returns it (called only for ``auto``); see :mod:`axolotl_tell.auto_anchor`.
+    """
     placement = cfg.get("tell_anchor_placement") or "auto"
     separator = cfg.get("tell_anchor_separator")
     separator = DEFAULT_SEPARATOR if separator is None else separator
+    if str(cfg.get("tell_anchor") or "").strip() == "auto":
+        if task_data is None:
+            raise AnchorError("[axolotl_tell] `tell_anchor: auto` needs the task rows of `tell_task_datasets`. "
+                              "Fix: for `type: axolotl_tell.anchored.*` write the anchor by hand (print one "
+                              "with `axolotl-tell anchor CONFIG` on a config with `tell_task_datasets`).")
+        from axolotl_tell.auto_anchor import generate_anchor
+
+        rows = task_data() if callable(task_data) else task_data
+        return generate_anchor(cfg, rows, placement=placement, separator=separator).anchor
     if cfg.get("tell_anchor_file"):
         text = Path(cfg["tell_anchor_file"]).read_text(encoding="utf-8").strip()
         source = "file"

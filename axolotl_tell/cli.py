@@ -1,6 +1,7 @@
-"""`axolotl-tell preview | infer`: check the mix before training, and serve with the trained anchor.
+"""`axolotl-tell preview | infer | anchor`: check the mix before training, serve with the trained anchor.
 
     axolotl-tell preview CONFIG [--examples 1]
+    axolotl-tell anchor CONFIG [--regenerate] [--show-prompt]
     axolotl-tell infer CONFIG --prompt TEXT [--input TEXT] [--max-new-tokens 64] [--show-prompt] [--adapter DIR]
 """
 
@@ -78,6 +79,35 @@ def infer(args) -> int:
     return 0
 
 
+def anchor(args) -> int:
+    """Print the anchor a run would use; `tell_anchor: auto` generates it (and caches it for the run)."""
+    from axolotl_tell.anchor import AnchorError, resolve_anchor
+    from axolotl_tell.auto_anchor import generate_anchor, is_auto
+    from axolotl_tell.prepare import _task_entry_cfg, task_raw_data
+
+    cfg = _load_cfg(args.config)
+    try:
+        if not is_auto(cfg):
+            found = resolve_anchor(cfg)
+            print(f"anchor (source: {found.source}):\n\n{found.text}")
+            return 0
+        entries = [_task_entry_cfg(dict(e), cfg) for e in cfg.tell_task_datasets or []]
+        result = generate_anchor(cfg, task_raw_data(cfg, entries), placement=cfg.get("tell_anchor_placement") or "auto",
+                                 use_cache=not args.regenerate)
+    except AnchorError as err:
+        print(str(err), file=sys.stderr)
+        return 1
+    if args.show_prompt:
+        print(f"=== generation prompt ===\n{result.prompt}\n=== raw output ===\n{result.raw}\n===")
+    meta = result.anchor.meta or {}
+    how = "reused from" if result.reused else "generated, saved to"
+    print(f"anchor (source: auto; {how} {result.cache_file}):\n\n{result.anchor.text}\n")
+    print(f"model {meta.get('model')}  examples {meta.get('examples')} (dataset, row): "
+          f"{meta.get('example_rows')}  seed {meta.get('seed')}  max tokens {meta.get('max_tokens')}")
+    print("Training with this config reuses it. To edit it, paste it into `tell_anchor:`.")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="axolotl-tell", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -95,6 +125,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--adapter", help="folder with the adapter and tell.json (default: the config's output_dir)")
     p.add_argument("--dataset-index", type=int, default=0, help="which tell_task_datasets entry's format to use")
     p.set_defaults(func=infer)
+    p = sub.add_parser("anchor", help="print the anchor the run would use (`tell_anchor: auto`: generate it)")
+    p.add_argument("config")
+    p.add_argument("--regenerate", action="store_true", help="ignore a cached auto anchor and generate it again")
+    p.add_argument("--show-prompt", action="store_true", help="print the generation prompt and raw output too")
+    p.set_defaults(func=anchor)
     return parser
 
 

@@ -52,6 +52,7 @@ def build_report(plan: MixPlan, *, anchor: Anchor, sources: list[dict], general_
             "placement_requested": anchor.placement,
             "separator": anchor.separator,
             "source": anchor.source,
+            **({"auto": anchor.meta} if anchor.meta else {}),  # tell_anchor: auto: how it was made
         },
         "sources": sources,
         "sample_packing": bool(cfg.get("sample_packing")),
