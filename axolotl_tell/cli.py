@@ -108,6 +108,18 @@ def anchor(args) -> int:
     return 0
 
 
+def bake(args) -> int:
+    """Write the trained anchor into a saved chat template (e.g. after `axolotl merge-lora` on axolotl 0.19)."""
+    from axolotl_tell.bake import bake_anchor
+    from axolotl_tell.prompting import load_spec
+
+    cfg = _load_cfg(args.config)
+    folder = args.into or cfg.output_dir
+    bake_anchor(folder, load_spec(cfg.output_dir))
+    print(f"anchor baked into the chat template in {folder}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="axolotl-tell", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -125,6 +137,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--adapter", help="folder with the adapter and tell.json (default: the config's output_dir)")
     p.add_argument("--dataset-index", type=int, default=0, help="which tell_task_datasets entry's format to use")
     p.set_defaults(func=infer)
+    p = sub.add_parser("bake", help="write the anchor into a saved chat template as the default system turn")
+    p.add_argument("config")
+    p.add_argument("--into", help="model folder to rewrite (default: the config's output_dir)")
+    p.set_defaults(func=bake)
     p = sub.add_parser("anchor", help="print the anchor the run would use (`tell_anchor: auto`: generate it)")
     p.add_argument("config")
     p.add_argument("--regenerate", action="store_true", help="ignore a cached auto anchor and generate it again")
@@ -142,3 +158,23 @@ def main(argv=None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def _click_command():
+    """`axolotl tell <preview|infer|bake|anchor> ...` through Axolotl's `axolotl.cli_commands` entry point."""
+    import click
+
+    @click.command("tell", context_settings={"ignore_unknown_options": True, "allow_extra_args": True,
+                                             "help_option_names": []})
+    @click.argument("args", nargs=-1, type=click.UNPROCESSED)
+    def tell(args):
+        """TELL plugin tools: preview | infer | bake | anchor (see `axolotl-tell --help`)."""
+        sys.exit(main(list(args)))
+
+    return tell
+
+
+def __getattr__(name):
+    if name == "tell_command":
+        return _click_command()
+    raise AttributeError(name)

@@ -84,6 +84,20 @@ class TellPlugin(BasePlugin):
         if cfg.get("tell_eval_generate") and self.prepared.eval_raw:
             self._generation_eval(cfg, model, out)
         self._plots(cfg, out)
+        if cfg.get("tell_bake_anchor"):
+            self._bake(out)
+
+    def post_lora_merge(self, cfg, adapter_path, output_path):
+        # axolotl >= 0.21 calls this after `axolotl merge-lora`; on 0.19 run `axolotl-tell bake CONFIG --into DIR`
+        if cfg.get("tell_bake_anchor") and tell_enabled(cfg) and _is_main_process():
+            self._bake(Path(output_path), spec_dir=Path(cfg.output_dir))
+
+    def _bake(self, folder: Path, spec_dir: Path | None = None):
+        from axolotl_tell.bake import bake_anchor
+        from axolotl_tell.prompting import load_spec
+
+        bake_anchor(folder, load_spec(spec_dir or folder))
+        LOG.info("[axolotl_tell] anchor baked into the chat template saved in %s", folder)
 
     def _generation_eval(self, cfg, model, out: Path):
         from axolotl_tell.evaluate import generation_eval
