@@ -1,6 +1,6 @@
 """The main job: a real TELL LoRA fine-tune of SmolLM2-135M-Instruct, with the task score before and after.
 
-usage: python scripts/run_demo.py [example_configs/demo.yml] [--n-test 100]
+usage: python scripts/run_demo.py [example_configs/demo.yml] [--n-test 60]
 
 Steps: `axolotl preprocess` (plans the mix, writes tell.json) -> score the base model on held-out task
 rows with the anchored prompt -> `axolotl train` -> score base + adapter the same way. Also measures
@@ -55,7 +55,7 @@ def main():
     ap.add_argument("config", nargs="?", default="example_configs/demo.yml")
     ap.add_argument("--test", default="example_configs/data/question_formation_test100.jsonl")
     ap.add_argument("--general-heldout", default="example_configs/data/general_alpaca_heldout50.jsonl")
-    ap.add_argument("--n-test", type=int, default=100)
+    ap.add_argument("--n-test", type=int, default=60)
     a = ap.parse_args()
     import datasets
 
@@ -78,6 +78,8 @@ def main():
     print("[demo] 2/4 scoring the base model (anchored prompts)", flush=True)
     model, tok = load_model(str(ROOT / cfg["base_model"]))
     before = evaluate(model, tok, spec, test_rows, general_rows)
+    print(f"[demo]     base model: task exact match {before['task']['score']:.2f}, "
+          f"held-out general loss {before['general_loss']:.3f}", flush=True)
     del model
 
     print(f"[demo] 3/4 axolotl train {a.config} (log: {out / 'train.log'})", flush=True)
