@@ -146,7 +146,7 @@ def anchor_messages_row(row: dict, anchor: Anchor, placement: str, ds_cfg: dict)
     messages = row.get(field)
     if not isinstance(messages, list) or not messages:
         raise AnchorError(f"[axolotl_tell] a chat task row has no messages in field `{field}`. "
-                          "Fix: set `field_messages` for the task dataset.")
+                          "Fix: set `field_messages` for the task dataset, or remove rows without messages.")
     messages = copy.deepcopy(messages)
     if placement == "system":
         first = messages[0]

@@ -7,6 +7,7 @@ names the key and says how to fix it.
 
 from __future__ import annotations
 
+import math
 import os
 from typing import Any
 
@@ -150,32 +151,47 @@ def _fail(key: str, problem: str, fix: str) -> None:
 def validate_tell_config(cfg: dict) -> None:
     """Raise :class:`TellConfigError` on the first wrong or conflicting key."""
     tasks = cfg.get("tell_task_datasets")
-    if not isinstance(tasks, list) or not tasks:
-        _fail("tell_task_datasets", "no task data given", "list at least one dataset entry, e.g. "
-              "`- {path: data/task.jsonl, ds_type: json, type: alpaca}`")
+    example = "`- {path: data/task.jsonl, ds_type: json, type: alpaca}`"
+    if tasks is not None and not isinstance(tasks, list):
+        _fail("tell_task_datasets", f"must be a list of dataset entries, got a {type(tasks).__name__}",
+              f"write it as a YAML list, e.g. {example}")
+    if not tasks:
+        _fail("tell_task_datasets", "no task data given", f"list at least one dataset entry, e.g. {example}")
     for i, entry in enumerate(tasks):
         if not isinstance(entry, dict) or not entry.get("path"):
             _fail(f"tell_task_datasets[{i}]", "each entry needs a `path`",
                   "write entries like those under `datasets:`")
         if not entry.get("type"):
             _fail(f"tell_task_datasets[{i}].type", "missing", "set the dataset `type` (alpaca, chat_template, completion)")
+        _check_task_type(f"tell_task_datasets[{i}].type", entry["type"])
 
     anchor, anchor_file = cfg.get("tell_anchor"), cfg.get("tell_anchor_file")
     if anchor is not None and anchor_file is not None:
         _fail("tell_anchor", "both `tell_anchor` and `tell_anchor_file` are set", "keep one of them")
     if anchor is None and anchor_file is None:
         _fail("tell_anchor", "no anchor prompt given", "set `tell_anchor: \"...\"` or `tell_anchor_file: path`")
-    if anchor is not None and (not isinstance(anchor, str) or not anchor.strip()):
+    if anchor is not None and not isinstance(anchor, str):
+        _fail("tell_anchor", f"must be a string, got a {type(anchor).__name__}",
+              "write the task description as one (quoted) YAML string")
+    if anchor is not None and not anchor.strip():
         _fail("tell_anchor", "the anchor is empty", "write a semantically rich task description")
     if anchor_file is not None:
-        if not os.path.isfile(anchor_file):
+        if not isinstance(anchor_file, str) or not os.path.isfile(anchor_file):
             _fail("tell_anchor_file", f"file not found: {anchor_file}", "give an existing text file "
                   "(relative paths are read from the directory you run axolotl in)")
+        _check_anchor_file(anchor_file)
     _validate_auto_anchor(cfg, isinstance(anchor, str) and anchor.strip() == "auto")
 
     placement = cfg.get("tell_anchor_placement", "auto") or "auto"
     if placement not in PLACEMENTS:
         _fail("tell_anchor_placement", f"unknown value {placement!r}", f"use one of {', '.join(PLACEMENTS)}")
+    if placement == "system":
+        for i, entry in enumerate(tasks):
+            base = entry["type"].split(":")[0]
+            if base == "completion" or (base.startswith("alpaca") and not base.endswith("_w_system")):
+                _fail("tell_anchor_placement", f"`system` does not fit `tell_task_datasets[{i}]` (`type: "
+                      f"{entry['type']}` has no system turn or per-row system field)",
+                      "use `auto` or `prefix`, or an `alpaca_w_system` / `chat_template` type")
     spread = cfg.get("tell_spread", "even") or "even"
     if spread not in SPREADS:
         _fail("tell_spread", f"unknown value {spread!r}", f"use one of {', '.join(SPREADS)}")
@@ -190,8 +206,9 @@ def validate_tell_config(cfg: dict) -> None:
     if ratio is not None and tokens is not None:
         _fail("tell_general_ratio", "both `tell_general_ratio` and `tell_general_tokens` are set",
               "keep one: a ratio to the task tokens, or an absolute general token budget")
-    if ratio is not None and (isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not ratio > 0):
-        _fail("tell_general_ratio", f"must be a number > 0, got {ratio!r}", "e.g. `tell_general_ratio: 50`")
+    if ratio is not None and (isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not ratio > 0
+                              or not math.isfinite(ratio)):
+        _fail("tell_general_ratio", f"must be a finite number > 0, got {ratio!r}", "e.g. `tell_general_ratio: 50`")
     if tokens is not None and (isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < 1):
         _fail("tell_general_tokens", f"must be an integer >= 1, got {tokens!r}", "e.g. `tell_general_tokens: 2000000`")
 
@@ -209,6 +226,8 @@ def validate_tell_config(cfg: dict) -> None:
         _fail("val_set_size", f"{val} would take rows out of the scarce task data and the planned mix",
               "set `val_set_size: 0` and give a separate eval set with `test_datasets:`")
     epochs = cfg.get("num_epochs")
+    if epochs is not None and (isinstance(epochs, bool) or not isinstance(epochs, (int, float))):
+        _fail("num_epochs", f"must be 1 with TELL, got {epochs!r}", "set `num_epochs: 1`")
     if epochs is not None and float(epochs) != 1.0:
         _fail("num_epochs", f"{epochs} would repeat the whole plan (and every task row) {epochs} times",
               "set `num_epochs: 1`; use `tell_task_repeats` and `tell_general_ratio` to size the run")
@@ -228,6 +247,17 @@ def validate_tell_config(cfg: dict) -> None:
     if generate and not (eval_rows or tests):
         _fail("tell_eval_generate", "there are no task eval rows to generate for",
               "set `tell_task_eval_rows: N` or `tell_task_test_datasets`")
+    if generate and any(str(e.get("type")).split(":")[0] == "completion" for e in tasks + (tests or [])):
+        _fail("tell_eval_generate", "`type: completion` task rows have no separate answer to score",
+              "remove `tell_eval_generate` (the per-source eval loss still runs), or use alpaca / chat_template rows")
+    max_new = cfg.get("tell_eval_max_new_tokens")
+    if max_new is not None and not _int_at_least(max_new, 1):
+        _fail("tell_eval_max_new_tokens", f"must be an integer >= 1, got {max_new!r}", "e.g. `tell_eval_max_new_tokens: 64`")
+    for key in ("tell_source_metrics", "tell_bake_anchor"):
+        if cfg.get(key) is not None and not isinstance(cfg.get(key), bool):
+            _fail(key, f"must be true or false, got {cfg.get(key)!r}", f"write `{key}: true` or `{key}: false`")
+    if cfg.get("tell_bake_anchor"):
+        _check_bake(cfg, tasks)
     for key, fix in _UNSUPPORTED_WITH_TELL.items():
         if cfg.get(key):
             _fail(key, "not supported together with TELL", fix)
@@ -237,6 +267,42 @@ def validate_tell_config(cfg: dict) -> None:
     if cfg.get("sample_packing") and cfg.get("sample_packing_sequentially") is False:
         _fail("sample_packing_sequentially", "false would let the packer reorder the planned rows",
               "remove the key; the plugin turns it on with sample_packing")
+
+
+def _check_task_type(key: str, ds_type) -> None:
+    """Task data must be a family the anchor knows how to enter (checked here, before any data is read)."""
+    from axolotl_tell.anchor import AnchorError, dataset_family  # lazy: anchor.py imports this module
+
+    if not isinstance(ds_type, str):
+        _fail(key, f"must be a type name, got {ds_type!r}",
+              "use an alpaca-style type (alpaca, alpaca_w_system, alpaca_chat, ...), chat_template, or completion")
+    try:
+        dataset_family(ds_type)
+    except AnchorError:
+        _fail(key, f"dataset type {ds_type!r} is not supported for task data",
+              "use an alpaca-style type (alpaca, alpaca_w_system, alpaca_chat, ...), chat_template, or completion")
+
+
+def _check_anchor_file(path: str) -> None:
+    try:
+        text = open(path, encoding="utf-8").read()
+    except UnicodeDecodeError as err:
+        with open(path, "rb") as f:
+            line = f.read()[: err.start].count(b"\n") + 1
+        _fail("tell_anchor_file", f"{path}:{line} is not UTF-8 text", "re-save the anchor file as UTF-8")
+    if not text.strip():
+        _fail("tell_anchor_file", f"{path} is empty", "write the task description into the file")
+
+
+def _check_bake(cfg: dict, tasks: list) -> None:
+    """`tell_bake_anchor` needs the anchor as a system turn: fail now, not after training."""
+    placement = cfg.get("tell_anchor_placement") or "auto"
+    for i, entry in enumerate(tasks):
+        base = str(entry.get("type")).split(":")[0]
+        if base != "chat_template" or placement == "prefix":
+            _fail("tell_bake_anchor", f"needs the anchor as a system turn, but `tell_task_datasets[{i}]` is "
+                  f"`type: {entry.get('type')}` with `tell_anchor_placement: {placement}`",
+                  "bake only chat_template task data with placement auto or system, or remove `tell_bake_anchor`")
 
 
 def _int_at_least(value, low: int) -> bool:

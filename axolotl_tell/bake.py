@@ -34,7 +34,8 @@ def bake_anchor(folder, spec: dict) -> str:
                          "not as a system turn. Fix: bake only chat_template task data with placement system.")
     tokenizer = AutoTokenizer.from_pretrained(folder)
     if not isinstance(tokenizer.chat_template, str):
-        raise ValueError(f"[axolotl_tell] `tell_bake_anchor`: no chat template saved in {folder}.")
+        raise ValueError(f"[axolotl_tell] `tell_bake_anchor`: no chat template saved in {folder}. Fix: point "
+                         "`--into` at a folder with the trained tokenizer (the output_dir or the merged model).")
     tokenizer.chat_template = baked_template(tokenizer.chat_template, spec["anchor"]["text"])
     tokenizer.save_pretrained(folder)
     return tokenizer.chat_template

@@ -25,8 +25,8 @@ def check_axolotl_version() -> None:
     found = axolotl_version()
     if not found.startswith(SUPPORTED_AXOLOTL):
         raise RuntimeError(
-            f"[axolotl_tell] axolotl {found} is not supported; install axolotl>=0.19,<0.22 "
-            "(e.g. `pip install 'axolotl>=0.19,<0.22'`)."
+            f"[axolotl_tell] axolotl {found} is not supported (supported: {', '.join(SUPPORTED_AXOLOTL)}). "
+            "Fix: `pip install 'axolotl>=0.19,<0.22'`, or remove `axolotl_tell.TellPlugin` from `plugins:`."
         )
 
 

@@ -27,6 +27,7 @@ from axolotl_tell import cache, compat
 from axolotl_tell.anchor import Anchor, resolve_anchor
 from axolotl_tell.anchored import AnchoredDatasetStrategy
 from axolotl_tell.args import resolved_ratio, resolved_repeats
+from axolotl_tell.datacheck import TellDataError, check_columns, check_local_data, row_location
 from axolotl_tell.plan import MixPlan, PlanError, build_plan
 from axolotl_tell.report import build_report
 
@@ -36,10 +37,6 @@ SOURCE_COLUMN = "tell_source"
 TOKEN_COLUMNS = ("input_ids", "attention_mask", "labels")
 NO_LIMIT = 1 << 30  # task rows are tokenized untruncated, then checked against sequence_len
 DEFAULT_SEED = 42
-
-
-class TellDataError(ValueError):
-    """The task or general data cannot make the requested TELL mix."""
 
 
 @dataclass
@@ -56,24 +53,41 @@ def run_seed(cfg) -> int:
     return int(cfg.seed) if cfg.get("seed") is not None else DEFAULT_SEED
 
 
-def row_token_counts(dataset: Dataset) -> tuple[np.ndarray, np.ndarray]:
-    """(total tokens, supervised tokens) per row, vectorised over Arrow buffers."""
-    if len(dataset) == 0:
-        return np.zeros(0, np.int64), np.zeros(0, np.int64)
-    table = dataset.with_format("arrow")[:]
-    labels = table.column("labels").combine_chunks()
-    lengths = pc.list_value_length(table.column("input_ids").combine_chunks()).to_numpy(zero_copy_only=False)
-    flat = pc.list_flatten(labels).to_numpy(zero_copy_only=False)
-    parents = pc.list_parent_indices(labels).to_numpy(zero_copy_only=False)
-    supervised = np.bincount(parents, weights=(flat != -100), minlength=len(dataset))
-    return lengths.astype(np.int64), supervised.astype(np.int64)
+COUNT_BATCH_ROWS = 1 << 16
+
+
+def row_token_counts(dataset: Dataset, batch_rows: int = COUNT_BATCH_ROWS) -> tuple[np.ndarray, np.ndarray]:
+    """(total tokens, supervised tokens) per row, vectorised over Arrow buffers.
+
+    Streams the rows in batches of ``batch_rows``: memory is the two int64 outputs (16 bytes per row) plus
+    about 9 bytes per token of one batch, whatever the dataset's size (``bench/scale.py`` measures it).
+    """
+    n = len(dataset)
+    lengths, supervised = np.zeros(n, np.int64), np.zeros(n, np.int64)
+    if n == 0:
+        return lengths, supervised
+    start = 0
+    for batch in dataset.select_columns(["input_ids", "labels"]).with_format("arrow").iter(batch_size=batch_rows):
+        rows = batch.num_rows
+        lengths[start:start + rows] = pc.list_value_length(batch.column("input_ids")).to_numpy(zero_copy_only=False)
+        at = start
+        for labels in batch.column("labels").chunks:
+            offsets = labels.offsets.to_numpy()
+            flat = labels.flatten().to_numpy(zero_copy_only=False)
+            trained = np.zeros(flat.size + 1, np.int64)
+            np.cumsum(flat != -100, out=trained[1:])
+            supervised[at:at + len(labels)] = trained[offsets[1:] - offsets[0]] - trained[offsets[:-1] - offsets[0]]
+            at += len(labels)
+        start += rows
+    return lengths, supervised
 
 
 def _with_source(dataset: Dataset, source_id: int) -> Dataset:
     keep = [c for c in TOKEN_COLUMNS if c in dataset.column_names]
     missing = [c for c in ("input_ids", "labels") if c not in keep]
     if missing:
-        raise TellDataError(f"[axolotl_tell] tokenized rows lack {missing}; the dataset type must produce labels")
+        raise TellDataError(f"[axolotl_tell] tokenized rows lack {missing}; the dataset type must produce labels. "
+                            "Fix: use a `type` that tokenizes into input_ids and labels (an SFT prompt strategy).")
     dataset = dataset.select_columns(keep)
     if "attention_mask" not in keep:
         dataset = dataset.map(lambda r: {"attention_mask": [1] * len(r["input_ids"])})
@@ -90,10 +104,28 @@ def _task_entry_cfg(entry: dict, cfg):
 
 def load_general(cfg, tokenizer, entries, split: str = "train") -> tuple[Dataset, list[dict]]:
     """General rows exactly as plain Axolotl tokenizes them, tagged with their source."""
+    key = "test_datasets" if split == "test" else "datasets"
     parts, sources = [], []
     for i, ds_cfg in enumerate(entries):
-        raw = compat.load_raw_dataset(ds_cfg, cfg, split=split)
-        tokenized = compat.tokenize_with_axolotl(ds_cfg, cfg, tokenizer, raw)
+        where = f"`{key}[{i}]` ({ds_cfg.path})"
+        check_local_data(ds_cfg, where)
+        try:
+            raw = compat.load_raw_dataset(ds_cfg, cfg, split=split)
+        except TellDataError:
+            raise
+        except Exception as err:  # name the entry: the loader's own message often does not
+            raise TellDataError(f"[axolotl_tell] {where} could not be loaded: {type(err).__name__}: {err}. "
+                                "Fix: check the path, `ds_type` and the file's format.") from err
+        if len(raw) == 0:
+            raise TellDataError(f"[axolotl_tell] {where} has no rows. Fix: point it at a file with general data, "
+                                "or remove the entry.")
+        check_columns(raw, ds_cfg, where)
+        try:
+            tokenized = compat.tokenize_with_axolotl(ds_cfg, cfg, tokenizer, raw)
+        except Exception as err:
+            raise TellDataError(f"[axolotl_tell] {where}: Axolotl's `type: {ds_cfg.type}` could not tokenize the "
+                                f"rows: {type(err).__name__}: {err}. Fix: check that every row has the fields "
+                                "this type reads, or pick the `type` that matches the file.") from err
         sources.append({"id": len(sources), "kind": "general", "index": i, "path": ds_cfg.path,
                         "type": str(ds_cfg.type), "rows_raw": len(raw)})
         parts.append(_with_source(tokenized, sources[-1]["id"]))
@@ -106,11 +138,14 @@ def _load_task_raw(ds_cfg, cfg, index: int, key: str = "tell_task_datasets") -> 
     path = Path(str(ds_cfg.path))
     if path.is_file() and path.stat().st_size == 0:
         raise TellDataError(f"[axolotl_tell] {where} is an empty file. Fix: point it at a file with task examples.")
+    check_local_data(ds_cfg, where)
     try:
-        return compat.load_raw_dataset(ds_cfg, cfg)
+        raw = compat.load_raw_dataset(ds_cfg, cfg)
     except Exception as err:  # name the entry: the loader's own message often does not
         raise TellDataError(f"[axolotl_tell] {where} could not be loaded: {type(err).__name__}: {err}. "
                             "Fix: check the path, `ds_type` and the file's format.") from err
+    check_columns(raw, ds_cfg, where)
+    return raw
 
 
 def task_raw_data(cfg, task_entries) -> list[tuple]:
@@ -134,14 +169,17 @@ def load_task(cfg, tokenizer, entries, anchor: Anchor, first_id: int, key: str =
             raise TellDataError(f"[axolotl_tell] `{key}[{i}]` ({ds_cfg.path}) has no rows. "
                                 "Fix: point it at a file with task examples.")
         strategy = AnchoredDatasetStrategy(str(ds_cfg.type), tokenizer, untruncated, ds_cfg, anchor=anchor)
-        tokenized = strategy.wrap_dataset(raw, process_count=cfg.dataset_num_proc)
+        try:
+            tokenized = strategy.wrap_dataset(raw, process_count=cfg.dataset_num_proc)
+        except Exception as err:
+            raise _row_error(raw, strategy, ds_cfg, f"`{key}[{i}]` ({ds_cfg.path})", err) from err
         lengths, supervised = row_token_counts(tokenized)
         for row in np.flatnonzero(lengths > cfg.sequence_len)[:5]:
-            problems.append(f"{key}[{i}] ({ds_cfg.path}) row {row}: {lengths[row]} tokens "
-                            f"> sequence_len {cfg.sequence_len}")
+            problems.append(f"{key}[{i}] ({ds_cfg.path}) row {row}: {lengths[row]} tokens > sequence_len "
+                            f"{cfg.sequence_len}{row_location(ds_cfg, int(row))}")
         for row in np.flatnonzero(supervised == 0)[:5]:
-            problems.append(f"{key}[{i}] ({ds_cfg.path}) row {row}: no supervised tokens "
-                            "(empty answer, or every label masked)")
+            problems.append(f"{key}[{i}] ({ds_cfg.path}) row {row}: no supervised tokens after templating (empty "
+                            f"answer, no assistant turn, or every label masked){row_location(ds_cfg, int(row))}")
         if len(tokenized) != len(raw):
             problems.append(f"{key}[{i}] ({ds_cfg.path}): the prompt strategy kept "
                             f"{len(tokenized)} of {len(raw)} rows")
@@ -158,6 +196,23 @@ def load_task(cfg, tokenizer, entries, anchor: Anchor, first_id: int, key: str =
         )
     task = concatenate_datasets(parts) if len(parts) > 1 else parts[0]
     return task, sources, raws
+
+
+def _row_error(raw: Dataset, strategy, ds_cfg, where: str, err: Exception) -> TellDataError:
+    """The task row that made anchoring or tokenization fail, with ``file:line`` (task data is small)."""
+    from axolotl_tell.anchor import COMPLETION, anchor_raw_row
+
+    if strategy.family != COMPLETION:
+        for r, row in enumerate(raw):
+            try:
+                anchor_raw_row(row, strategy.anchor, strategy.placement, strategy.inner_type, dict(strategy.inner_ds_cfg()))
+            except Exception as row_err:  # noqa: BLE001 - reported with its row
+                detail = str(row_err).removeprefix("[axolotl_tell] ")
+                if "Fix:" not in detail:
+                    detail += ". Fix: fix or remove that row"
+                return TellDataError(f"[axolotl_tell] {where} row {r}{row_location(ds_cfg, r)}: {detail}")
+    return TellDataError(f"[axolotl_tell] {where}: `type: {ds_cfg.type}` could not tokenize the anchored rows: "
+                         f"{type(err).__name__}: {err}. Fix: check that every row has the fields this type reads.")
 
 
 def split_task_eval(cfg, task: Dataset, raws: list[dict]):
@@ -198,7 +253,27 @@ def _plan(cfg, task_counts, general_counts) -> MixPlan:
         ) from err
 
 
+def _check_general_left(cfg, rows_tokenized: int, rows_fit: int, rows_trainable: int) -> None:
+    if rows_fit == 0:
+        raise TellDataError(f"[axolotl_tell] `datasets:`: all {rows_tokenized} general rows are longer than "
+                            f"`sequence_len: {cfg.sequence_len}` and were dropped. Fix: raise `sequence_len`, "
+                            "or set `excess_length_strategy: truncate`.")
+    if rows_trainable == 0:
+        raise TellDataError(f"[axolotl_tell] `datasets:`: none of the {rows_fit} general rows has a supervised token "
+                            "after templating (every label is -100). Fix: check `train_on_inputs`, `roles_to_train`, "
+                            "the field mappings of the entries, and that the answers are not empty.")
+
+
+def _check_files(general_entries, task_entries, test_entries) -> None:
+    """Every local data file, before any tokenization: a bad line fails in seconds, not after the general data."""
+    for key, entries in (("tell_task_datasets", task_entries), ("tell_task_test_datasets", test_entries),
+                         ("datasets", general_entries)):
+        for i, ds_cfg in enumerate(entries):
+            check_local_data(ds_cfg, f"`{key}[{i}]` ({ds_cfg.path})")
+
+
 def _build(cfg, tokenizer, anchor, general_entries, task_entries, test_entries):
+    _check_files(general_entries, task_entries, test_entries)
     general, general_sources = load_general(cfg, tokenizer, general_entries)
     rows_tokenized = len(general)
     general = compat.drop_long_rows(general, cfg)
@@ -214,6 +289,7 @@ def _build(cfg, tokenizer, anchor, general_entries, task_entries, test_entries):
         eval_task, _, eval_raws = load_task(cfg, tokenizer, test_entries, anchor, first_id=0,
                                             key="tell_task_test_datasets", ids=[task_sources[0]["id"]] * len(test_entries))
     task_counts = row_token_counts(task)
+    _check_general_left(cfg, rows_tokenized, rows_fit, int(trainable.size))  # after the task rows' own errors
 
     plan = _plan(cfg, task_counts, gen_counts)
     for warning in plan.warnings:

@@ -23,7 +23,8 @@ def load_spec(path) -> dict:
     if p.is_dir():
         p = p / INFERENCE_FILE
     if not p.is_file():
-        raise FileNotFoundError(f"[axolotl_tell] no {INFERENCE_FILE} at {path}: train with the TELL plugin first")
+        raise FileNotFoundError(f"[axolotl_tell] no {INFERENCE_FILE} at {path}. Fix: train (or `axolotl preprocess`) "
+                                "with the TELL plugin first, or point at the run's output_dir.")
     return json.loads(p.read_text())
 
 

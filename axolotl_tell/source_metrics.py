@@ -12,18 +12,44 @@ packing, DeepSpeed and FSDP paths stay Axolotl's own):
 * :func:`attach` wraps ``compute_loss`` and ``log``: at every logging step the
   sums are all-reduced (sums, not means of means) and added to the logs, so every
   logger Axolotl supports (stdout, tensorboard, wandb, mlflow) gets them.
+
+Test-only debug hook: with ``AXOLOTL_TELL_RECORD_ORDER=PATH`` in the environment,
+the collator appends one JSON line per batch it collates to ``PATH`` (``PATH.rank<R>``
+when ``WORLD_SIZE > 1``): ``{"split": "train"|"eval", "rows": [[tell_source,
+row_key], ...]}``, rows in batch order (packed rows flattened), ``row_key`` =
+:func:`row_key` of the row's ``input_ids``. The resume test uses it to compare
+what two runs trained on. Off (no cost) when the variable is unset.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
+import os
 
 import numpy as np
 import torch
 
 SOURCE_IDS = "tell_source_ids"
 KINDS = ("task", "general")
+RECORD_ORDER_ENV = "AXOLOTL_TELL_RECORD_ORDER"
 LOG = logging.getLogger("axolotl.tell")
+
+
+def row_key(input_ids) -> str:
+    """A short content hash of one row's ``input_ids`` (its identity in recorded orders)."""
+    return hashlib.sha1(np.asarray(input_ids, dtype=np.int64).tobytes()).hexdigest()[:16]
+
+
+def _record(split: str, rows: list) -> None:
+    path = os.environ.get(RECORD_ORDER_ENV)
+    if not path:
+        return
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        path = f"{path}.rank{os.environ.get('RANK', '0')}"
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps({"split": split, "rows": rows}) + "\n")
 
 
 def _source_of(feature: dict, column: str) -> int:
@@ -34,9 +60,10 @@ def _source_of(feature: dict, column: str) -> int:
 class SourceIdsCollator:
     """Wrap an Axolotl collator; turn each row's ``tell_source`` into per-token ``tell_source_ids``."""
 
-    def __init__(self, inner, column: str = "tell_source"):
+    def __init__(self, inner, column: str = "tell_source", split: str = "train"):
         self.inner = inner
         self.column = column
+        self.split = split  # for the record-order debug hook only
 
     def __getattr__(self, name):  # behave like the wrapped collator for everything else
         return getattr(self.inner, name)
@@ -46,13 +73,18 @@ class SourceIdsCollator:
         groups = features if packed else [[f] for f in features]
         if not groups or self.column not in groups[0][0]:
             return self.inner(features) if return_tensors is None else self.inner(features, return_tensors)
-        per_row = []
+        per_row, recorded = [], []
+        recording = bool(os.environ.get(RECORD_ORDER_ENV))
         for group in groups:
             ids = []
             for feature in group:  # the dataloader builds fresh dicts per batch: popping is safe
                 source = _source_of(feature, self.column)
                 ids.extend([source] * len(feature["input_ids"]))
+                if recording:
+                    recorded.append([source, row_key(feature["input_ids"])])
             per_row.append(ids)
+        if recording:
+            _record(self.split, recorded)
         batch = self.inner(features) if return_tensors is None else self.inner(features, return_tensors)
         labels = batch["labels"]
         out = torch.full(labels.shape, -1, dtype=torch.long)
@@ -118,7 +150,7 @@ def attach(trainer, meter: SourceLossMeter) -> None:
     """Wrap the trainer's collators, ``compute_loss`` and ``log`` (instance-level; any trainer class)."""
     trainer.data_collator = SourceIdsCollator(trainer.data_collator)
     if getattr(trainer, "eval_data_collator", None) is not None:
-        trainer.eval_data_collator = SourceIdsCollator(trainer.eval_data_collator)
+        trainer.eval_data_collator = SourceIdsCollator(trainer.eval_data_collator, split="eval")
     compute_loss, log = trainer.compute_loss, trainer.log
     warned = []
 
