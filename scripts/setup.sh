@@ -39,6 +39,6 @@ wheel_dir=$(pip config get global.find-links 2>/dev/null || true)
 [ -n "$wheel_dir" ] && [ -d "$wheel_dir" ] && links=(--find-links "$wheel_dir")
 
 echo "setup: $venv with $python: ${pkgs[*]} + axolotl_tell[test]"
-$uv venv -q --allow-existing -p "$python" "$venv"
+$uv venv -q --seed --allow-existing -p "$python" "$venv"   # --seed: pip inside (get_model.py downloads with it)
 $uv pip install -q -p "$venv/bin/python" --compile-bytecode "${links[@]}" "${pkgs[@]}" -e ".[test]"
 echo "$request" > "$venv/.tell-setup-done"
