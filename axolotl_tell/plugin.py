@@ -82,7 +82,11 @@ class TellPlugin(BasePlugin):
         out = Path(cfg.output_dir)
         write_outputs(out, self.prepared.report, cfg)
         if cfg.get("tell_eval_generate") and self.prepared.eval_raw:
-            self._generation_eval(cfg, model, out)
+            if _sharded_parameters(cfg):
+                LOG.warning("[axolotl_tell] tell_eval_generate skipped: with ZeRO-3/FSDP the parameters are sharded "
+                            "and generating on one rank would hang. Run `axolotl-tell infer` on the saved adapter.")
+            else:
+                self._generation_eval(cfg, model, out)
         self._plots(cfg, out)
         if cfg.get("tell_bake_anchor"):
             self._bake(out)
@@ -127,6 +131,18 @@ class TellPlugin(BasePlugin):
                 plot_losses(out / LOSS_FILE, self.trainer.state.log_history)
         except Exception as err:  # a plot must never fail a finished training run
             LOG.warning("[axolotl_tell] plots skipped: %s", err)
+
+
+def _sharded_parameters(cfg) -> bool:
+    """ZeRO-3 or FSDP: no single rank holds the whole model."""
+    if cfg.get("fsdp") or cfg.get("fsdp_config"):
+        return True
+    ds = cfg.get("deepspeed")
+    if isinstance(ds, str) and Path(ds).is_file():
+        import json
+
+        ds = json.loads(Path(ds).read_text())
+    return isinstance(ds, dict) and (ds.get("zero_optimization") or {}).get("stage") == 3
 
 
 def _concat(parts):
