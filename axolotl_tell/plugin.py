@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 from axolotl.integrations.base import BasePlugin
+from transformers import TrainerCallback
 
 from axolotl_tell import compat
 from axolotl_tell.args import tell_enabled
@@ -16,6 +17,7 @@ from axolotl_tell.report import format_table, write_json, write_outputs
 LOG = logging.getLogger("axolotl.tell")
 EVAL_PREDICTIONS_FILE = "tell_eval.jsonl"
 EVAL_METRICS_FILE = "tell_eval.json"
+EVAL_STEPS_FILE = "tell_eval_steps.jsonl"
 
 
 def _is_main_process() -> bool:
@@ -71,6 +73,9 @@ class TellPlugin(BasePlugin):
             from axolotl_tell.source_metrics import SourceLossMeter, attach
 
             attach(trainer, SourceLossMeter(self.source_kinds))
+        if self.prepared is not None and cfg.get("tell_eval_generate") and self.prepared.eval_raw \
+                and not _sharded_parameters(cfg):
+            trainer.add_callback(_GenerateAtEval(self, cfg))
 
     def post_train(self, cfg, model):
         # Axolotl calls this twice; the work below runs once.
@@ -131,6 +136,33 @@ class TellPlugin(BasePlugin):
                 plot_losses(out / LOSS_FILE, self.trainer.state.log_history)
         except Exception as err:  # a plot must never fail a finished training run
             LOG.warning("[axolotl_tell] plots skipped: %s", err)
+
+
+class _GenerateAtEval(TrainerCallback):
+    """At each evaluation, on the main rank: generation metrics on the task eval rows -> tell_eval_steps.jsonl.
+
+    Written to a file (and the log), not through the trainer's loggers: those would need every rank.
+    """
+
+    def __init__(self, plugin: TellPlugin, cfg):
+        self.plugin, self.cfg = plugin, cfg
+
+    def on_evaluate(self, args, state, control, model=None, **kwargs):
+        if model is None or not _is_main_process():
+            return
+        import json
+
+        from axolotl_tell.evaluate import generation_eval
+        from axolotl_tell.prompting import load_spec
+
+        out = Path(self.cfg.output_dir)
+        metrics, _ = generation_eval(model, compat.load_tokenizer(self.cfg), load_spec(out), self.plugin.prepared.eval_raw,
+                                     self.cfg.tell_eval_generate,
+                                     max_new_tokens=self.cfg.get("tell_eval_max_new_tokens") or 64)
+        record = {"step": state.global_step, **{k: v for k, v in metrics.items() if isinstance(v, (int, float, str))}}
+        with open(out / EVAL_STEPS_FILE, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+        LOG.info("[axolotl_tell] step %d task generation eval: %s", state.global_step, record)
 
 
 def _sharded_parameters(cfg) -> bool:

@@ -60,6 +60,8 @@ def test_preprocess_then_train(tiny_model, tmp_path, task, packed):
         assert len(predictions) == 2 and {"prompt", "prediction", "reference"} <= set(predictions[0])
         assert cfg["tell_anchor"] in predictions[0]["prompt"]
         assert json.loads((out / "tell_eval.json").read_text())["metric"] == "exact_match"
+        steps = [json.loads(line) for line in (out / "tell_eval_steps.jsonl").read_text().splitlines()]
+        assert steps and all("exact_match" in s and "step" in s for s in steps)
     rows = report["rows_total"]
     if not packed:  # sequential sampler, nothing dropped: ceil(rows / micro_batch) steps
         assert f"/{-(-rows // cfg['micro_batch_size'])} " in log or len(losses) == -(-rows // 4)
