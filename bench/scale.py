@@ -182,8 +182,9 @@ def bench_counts(rows: int, mean_tokens: int, reps: int) -> dict:
         r["allocated_bytes_per_row"] = round(r["allocated_peak_bytes"] / rows, 2)
         r["allocated_bytes_per_token"] = round(r["allocated_peak_bytes"] / shape["tokens"], 2)
         r["rss_growth_bytes_per_row"] = round(r["rss_peak_growth_bytes"] / rows, 2)
-    return {**shape, "batch_rows": __import__("axolotl_tell.prepare", fromlist=["x"]).COUNT_BATCH_ROWS,
-            "batched": batched, "v1": v1}
+    from axolotl_tell.prepare import COUNT_BATCH_ROWS
+
+    return {**shape, "batch_rows": COUNT_BATCH_ROWS, "batched": batched, "v1": v1}
 
 
 # ------------------------------------------------------------------------------------------ 3. file check
@@ -232,7 +233,8 @@ def _table(result: dict) -> str:
         lines.append(f"  {impl:>8} {r['time_s_best']:>8.3f} {r['allocated_peak_bytes'] / 1e6:>9.1f} "
                      f"{r['allocated_bytes_per_row']:>8.1f} {r['allocated_bytes_per_token']:>8.2f} "
                      f"{r['rss_peak_growth_bytes'] / 1e6:>9.1f}")
-    lines.append("  alloc = numpy (tracemalloc) + Arrow pool peaks; RSS also counts the memory-mapped pages read")
+    lines.append("  alloc: numpy (tracemalloc) + Arrow pool peaks of the call. RSS +MB: growth of the process's peak RSS\n"
+                 "  over its peak before the call (imports included; 0 = stayed below it; counts mapped pages read)")
     k = result["file_check"]
     lines.append(f"file check ({k['rows']:,} JSON lines, {k['file_bytes'] / 1e6:.0f} MB): {k['time_s_best']:.2f} s, "
                  f"{k['us_per_row']:.2f} us/row, {k['mb_per_s']:.0f} MB/s, peak {k['tracemalloc_peak_bytes'] / 1e3:.0f} kB")
