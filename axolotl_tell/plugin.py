@@ -65,6 +65,9 @@ class TellPlugin(BasePlugin):
             eval_dataset = eval_dataset.remove_columns(SOURCE_COLUMN) if eval_dataset is not None else None
         if preprocess or os.environ.get("AXOLOTL_IS_PREPROCESS") == "1":
             return compat.train_dataset_meta(train, eval_dataset, -1)
+        if cfg.sample_packing and int(os.environ.get("WORLD_SIZE", "1")) > 1 and _is_main_process():
+            LOG.warning("[axolotl_tell] packed multi-GPU run: Axolotl's packer drops the last (packs mod world size) "
+                        "packs, so the last few planned rows may not be trained (see README, Multi-GPU and resume).")
         return compat.train_dataset_meta(train, eval_dataset, compat.total_num_steps(cfg, train))
 
     def post_trainer_create(self, cfg, trainer):
