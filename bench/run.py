@@ -1,0 +1,453 @@
+"""The TELL leverage benchmark: one entry point, the same plugin and Axolotl code path users run.
+
+usage:
+  python bench/run.py --grid main|sweeps|cpu_demo|smoke --out bench/results/<name>.json
+                      [--model DIR] [--device auto|cpu|cuda] [--device-note TEXT] [--seeds 0 1 2]
+                      [--tasks T ...] [--methods M ...] [--max-cells N] [--time-budget SECONDS]
+                      [--shared-data DIR] [--work DIR] [--launcher python|accelerate]
+  python bench/run.py --report-only --out bench/results/<name>.json     # table + plots again
+
+For each cell (task, method, task_rows, seed, task_repeats, general_ratio) of the grid (``bench/grids.yaml``):
+write the task subset and the general data as chat JSONL, generate the method's Axolotl YAML, run
+``axolotl train`` on it (a subprocess), score the adapter (task metric from training-exact prompts, held-out
+general loss, generation check on general prompts) and append the run to the results JSON at once. Cells
+already in the results file are skipped: re-running the same command resumes. Then it writes
+``<name>.md`` (table) and ``<name>_*.png`` (plots) next to the results.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import math
+import os
+import shutil
+import sys
+import time
+import traceback
+from pathlib import Path
+
+import numpy as np
+
+BENCH = Path(__file__).resolve().parent
+ROOT = BENCH.parent
+for p in (str(BENCH), str(ROOT)):
+    if p not in sys.path:
+        sys.path.insert(0, p)
+
+from tellbench import axo, configs, data, report, scoring  # noqa: E402
+from tellbench.spec import ANCHORED_METHODS, Cell, expand, load_grids, load_task  # noqa: E402
+
+DEFAULT_MODEL = ROOT / ".cache" / "models" / "smollm2-135m-instruct"
+REQUIRED_KEYS = ("task", "method", "task_rows", "seed", "score", "metric", "general_loss", "model", "task_repeats",
+                 "general_tokens", "task_tokens", "train_tokens", "steps", "wall_s", "device")
+
+
+# ----------------------------------------------------------------------------------------------- results file
+def load_results(path: Path) -> dict:
+    if path.is_file():
+        return json.loads(path.read_text(encoding="utf-8"))
+    return {"runs": []}
+
+
+def save_results(path: Path, results: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(results, indent=1, ensure_ascii=False), encoding="utf-8")
+    tmp.replace(path)
+
+
+# ----------------------------------------------------------------------------------------------- the runner
+class Bench:
+    def __init__(self, args):
+        import torch
+
+        self.args = args
+        self.grids = load_grids(args.grids)
+        self.model = str(Path(args.model).resolve())
+        if args.device == "auto":
+            self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        else:
+            self.device = args.device
+        self.profile = "gpu" if self.device.startswith("cuda") else "cpu"
+        if self.device.startswith("cuda"):
+            name = torch.cuda.get_device_name(0)
+        else:
+            name = f"cpu ({os.cpu_count()} cores)"
+        self.device_name = name + (f"; {args.device_note}" if args.device_note else "")
+        self.batch = 32 if self.profile == "gpu" else 8
+        self.work = Path(args.work).resolve()
+        self._task_data: dict = {}
+        self._general: dict = {}
+        self._tok = None
+
+    # -- data -------------------------------------------------------------------------------------------------
+    def task_data(self, cell: Cell) -> tuple[dict, data.TaskData]:
+        spec = load_task(cell.task)
+        key = (cell.task, cell.overrides.get("test_rows"), cell.overrides.get("val_rows"))
+        if key not in self._task_data:
+            self._task_data[key] = data.TaskData(spec, self.args.shared_data, test_rows=key[1], val_rows=key[2])
+        return spec, self._task_data[key]
+
+    def general(self, cell: Cell) -> dict:
+        cfg = cell.overrides.get("general") or self.grids["general"]
+        digest = data.general_digest(cfg)
+        if digest not in self._general:
+            self._general[digest] = data.write_general(cfg, self.work / "data" / f"general-{digest}",
+                                                       self.args.shared_data)
+        return self._general[digest]
+
+    def task_file(self, cell: Cell, spec: dict, td: data.TaskData) -> Path:
+        rows = [data.task_message_row(spec, r) for r in td.train_rows(cell.task_rows, cell.seed)]
+        return data.write_jsonl(self.work / "data" / f"task-{cell.task}-n{cell.task_rows}-s{cell.seed}.jsonl", rows)
+
+    def settings(self, cell: Cell) -> dict:
+        return configs.training_settings(self.grids, self.profile, cell.overrides.get("train"))
+
+    def repeats(self, cell: Cell) -> int:
+        from axolotl_tell.plan import auto_task_repeats
+
+        return auto_task_repeats(cell.task_rows) if cell.task_repeats == "auto" else int(cell.task_repeats)
+
+    def cell_dir(self, cell: Cell) -> Path:
+        return self.work / "cells" / cell.slug
+
+    # -- TELL plan (shared by tell, tell_no_anchor, sft_matched) ------------------------------------------------
+    def tell_config_path(self, cell: Cell) -> Path:
+        twin = cell.tell_twin()
+        spec, td = self.task_data(twin)
+        gen = self.general(twin)
+        d = self.cell_dir(twin)
+        cfg = configs.tell_config(self.model, self.settings(twin), seed=twin.seed, general_pool=gen["pool"],
+                                  task_file=self.task_file(twin, spec, td), anchor=spec["anchor"],
+                                  task_repeats=twin.task_repeats, general_ratio=twin.general_ratio,
+                                  out=d / "out", prepared=self.work / "prepared_tell")
+        path = d / "config.yml"
+        if path.is_file() and path.read_text(encoding="utf-8") != configs.dump(cfg):
+            (d / "out" / "tell_report.json").unlink(missing_ok=True)  # another model/setting: that plan is stale
+        return configs.write_config(path, cfg)
+
+    def tell_plan(self, cell: Cell) -> tuple[dict, float]:
+        """The TELL twin's report (``axolotl preprocess`` through the plugin if it has not run yet)."""
+        twin_dir = self.cell_dir(cell.tell_twin())
+        wall = 0.0
+        config = self.tell_config_path(cell)
+        report_ = axo.tell_report(twin_dir / "out")
+        if report_ is None or not Path(report_["prepared_path"], "plan_order.npy").is_file():
+            wall = axo.run_axolotl("preprocess", config, twin_dir / "preprocess.log")
+            report_ = axo.tell_report(twin_dir / "out")
+        return report_, wall
+
+    # -- one cell ---------------------------------------------------------------------------------------------
+    def run(self, cell: Cell) -> dict:
+        spec, td = self.task_data(cell)
+        gen = self.general(cell)
+        settings = self.settings(cell)
+        rows_per_step = int(settings["micro_batch_size"]) * int(settings.get("gradient_accumulation_steps") or 1)
+        d = self.cell_dir(cell)
+        d.mkdir(parents=True, exist_ok=True)
+        rec = {"key": cell.key, "task": cell.task, "method": cell.method, "task_rows": cell.task_rows,
+               "seed": cell.seed, "task_repeats_requested": cell.task_repeats, "general_ratio": cell.general_ratio,
+               "model": Path(self.model).name, "device": self.device_name}
+        wall, adapter, extra = 0.0, None, {}
+        repeats = self.repeats(cell)
+        task_file = self.task_file(cell, spec, td)
+        method = cell.method
+
+        if method == "zero_shot":
+            rec.update(task_repeats=0, general_tokens=0, task_tokens=0, train_tokens=0, steps=0, epochs=0)
+        elif method == "tell":
+            config = self.tell_config_path(cell)
+            wall = axo.run_axolotl("train", config, d / "train.log", self.args.launcher)
+            rep = axo.tell_report(d / "out")
+            facts = axo.train_log_facts(d / "train.log")
+            rec.update(task_repeats=rep["task"]["repeats"], general_tokens=rep["general"]["tokens"],
+                       task_tokens=rep["task"]["tokens"], task_supervised_tokens=rep["task"]["supervised_tokens"],
+                       general_supervised_tokens=rep["general"]["supervised_tokens"],
+                       general_rows_used=rep["general"]["rows_used"], general_ratio_achieved=rep["ratio"]["achieved"],
+                       plan_sha256=rep["plan_sha256"], epochs=1,
+                       steps=facts["steps_logged"] or axo.steps_per_epoch(rep["rows_total"], rows_per_step), **facts)
+            adapter = d / "out"
+        elif method == "tell_no_anchor":
+            rep, wall = self.tell_plan(cell)
+            ordered, task_positions = self.no_anchor_rows(rep, gen, task_file)
+            ordered_file = data.write_jsonl(d / "ordered.jsonl", ordered)
+            cfg = configs.plain_config(self.model, settings, seed=cell.seed, data_file=ordered_file, out=d / "out",
+                                       prepared=d / "prepared", epochs=1, ordered=True)
+            wall += axo.run_axolotl("train", configs.write_config(d / "config.yml", cfg), d / "train.log",
+                                    self.args.launcher)
+            lengths, sup = axo.row_counts(axo.prepared_dataset(d / "prepared"))
+            if len(lengths) != rep["rows_total"]:
+                raise RuntimeError(f"plain Axolotl kept {len(lengths)} of the plan's {rep['rows_total']} rows")
+            is_task = np.zeros(len(lengths), bool)
+            is_task[task_positions] = True
+            self.check_same_general_rows(rep, d / "prepared", is_task)
+            facts = axo.train_log_facts(d / "train.log")
+            rec.update(task_repeats=rep["task"]["repeats"], general_tokens=int(lengths[~is_task].sum()),
+                       task_tokens=int(lengths[is_task].sum()), task_supervised_tokens=int(sup[is_task].sum()),
+                       general_supervised_tokens=int(sup[~is_task].sum()), general_rows_used=rep["general"]["rows_used"],
+                       general_ratio_achieved=rep["ratio"]["achieved"], plan_sha256=rep["plan_sha256"], epochs=1,
+                       steps=facts["steps_logged"] or axo.steps_per_epoch(len(lengths), rows_per_step), **facts)
+            adapter = d / "out"
+        else:  # task rows only: sft, sft_matched, sft_best, sft_anchor
+            anchor = spec["anchor"] if method == "sft_anchor" else None
+            epochs, max_steps = repeats, None
+            per_epoch = axo.steps_per_epoch(cell.task_rows, rows_per_step)
+            if method == "sft_matched":
+                rep, wall = self.tell_plan(cell)
+                max_steps = axo.steps_per_epoch(rep["rows_total"], rows_per_step)
+                epochs = math.ceil(max_steps / per_epoch)
+                extra["tell_steps"] = max_steps
+            else:
+                if method == "sft_best":
+                    epochs = max(self.grids["sft_best"]["candidates"])
+                # Axolotl alone would stop at ceil(rows * epochs / batch) steps, short of `epochs` whole passes
+                # when the last batch of an epoch is partial (10 rows, batch 8, 20 epochs: 25 steps = 12.8
+                # passes); max_steps makes it exactly `epochs` passes.
+                max_steps = per_epoch * epochs
+            cfg = configs.plain_config(self.model, settings, seed=cell.seed, data_file=task_file, out=d / "out",
+                                       prepared=d / "prepared", epochs=epochs, max_steps=max_steps, anchor=anchor,
+                                       save_every_epoch=method == "sft_best")
+            wall += axo.run_axolotl("train", configs.write_config(d / "config.yml", cfg), d / "train.log",
+                                    self.args.launcher)
+            lengths, sup = axo.row_counts(axo.prepared_dataset(d / "prepared"))
+            if len(lengths) != cell.task_rows:
+                raise RuntimeError(f"plain Axolotl kept {len(lengths)} of {cell.task_rows} task rows")
+            facts = axo.train_log_facts(d / "train.log")
+            steps = facts["steps_logged"] or max_steps
+            extra.update(epoch_tokens=int(lengths.sum()), epoch_supervised_tokens=int(sup.sum()),
+                         steps_per_epoch=per_epoch, rows_per_step=rows_per_step)
+            rec.update(general_tokens=0, general_supervised_tokens=0, **facts)
+            self.count_passes(rec, extra, steps, cell.task_rows)
+            adapter = d / "out"
+
+        rec["wall_s"] = round(wall, 1)
+        t0 = time.perf_counter()
+        rec.update(self.evaluate(cell, spec, td, gen, adapter, d, rec))
+        rec["eval_s"] = round(time.perf_counter() - t0, 1)
+        if method == "sft_best" and rec.get("chosen_epochs"):  # the kept adapter saw `chosen_epochs` passes
+            rec["steps_run"] = rec["steps"]
+            self.count_passes(rec, extra, int(rec["chosen_epochs"]) * extra["steps_per_epoch"], cell.task_rows)
+        rec.update(extra)
+        rec["train_tokens"] = rec["general_tokens"] + rec["task_tokens"]
+        rec["config"] = str((d / "config.yml").relative_to(self.work)) if (d / "config.yml").is_file() else None
+        rec["created"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+        if method == "sft_best" and not self.args.keep_checkpoints:
+            for ckpt in (d / "out").glob("checkpoint-*"):
+                shutil.rmtree(ckpt, ignore_errors=True)
+        return rec
+
+    @staticmethod
+    def count_passes(rec: dict, extra: dict, steps: int, rows: int) -> None:
+        """Steps, tokens and passes of a task-only run after ``steps`` optimizer steps.
+
+        The sampler shuffles each epoch into ``steps_per_epoch`` batches, the last one partial when ``rows`` is not
+        a multiple of the batch; tokens are the per-epoch total times the passes made (exact for whole epochs).
+        """
+        per_epoch, batch = extra["steps_per_epoch"], extra["rows_per_step"]
+        full, rest = divmod(int(steps), per_epoch)
+        passes = (full * rows + min(rest * batch, rows)) / rows
+        rec.update(task_repeats=round(passes, 3), epochs=round(passes, 3), steps=int(steps),
+                   task_tokens=int(round(extra["epoch_tokens"] * passes)),
+                   task_supervised_tokens=int(round(extra["epoch_supervised_tokens"] * passes)))
+
+    @staticmethod
+    def check_same_general_rows(rep: dict, prepared: Path, is_task) -> None:
+        """tell_no_anchor trains on the TELL mix's general rows, token for token, at the same positions."""
+        from datasets import load_from_disk
+
+        tell_ids = load_from_disk(str(Path(rep["prepared_path"]) / "train"))["input_ids"]
+        plain_ids = axo.prepared_dataset(prepared)["input_ids"]
+        bad = [i for i in np.flatnonzero(~is_task).tolist() if list(tell_ids[i]) != list(plain_ids[i])]
+        if bad:
+            raise RuntimeError(f"tell_no_anchor: {len(bad)} general rows differ from the TELL mix (first at {bad[0]})")
+
+    def no_anchor_rows(self, rep: dict, gen: dict, task_file: Path) -> tuple[list[dict], "object"]:
+        """The TELL plan's rows in its order, task rows without the anchor; and the task rows' positions."""
+        import numpy as np
+
+        g = rep["general"]
+        pool = data.read_jsonl(Path(gen["pool"]))
+        dropped = g.get("rows_dropped_too_long", 0) + g.get("rows_dropped_no_supervised_tokens", 0)
+        if g["rows_available"] != len(pool) or dropped:
+            raise RuntimeError(f"the plugin kept {g['rows_available']} of {len(pool)} pool rows ({dropped} dropped): "
+                               "plan ids are not pool line numbers; shorten the pool's rows (`max_chars`)")
+        task = data.read_jsonl(task_file)
+        order = np.load(Path(rep["prepared_path"]) / "plan_order.npy")
+        rows = [pool[i] if i < len(pool) else task[i - len(pool)] for i in order.tolist()]
+        return rows, np.flatnonzero(order >= len(pool))
+
+    # -- scoring ----------------------------------------------------------------------------------------------
+    def tokenizer(self):
+        if self._tok is None:
+            from transformers import AutoTokenizer
+
+            self._tok = AutoTokenizer.from_pretrained(self.model)
+        return self._tok
+
+    def evaluate(self, cell: Cell, spec: dict, td: data.TaskData, gen: dict, adapter: Path | None, d: Path,
+                 rec: dict) -> dict:
+        cache = None
+        max_new = int(cell.overrides.get("max_new_tokens") or spec["max_new_tokens"])
+        if cell.method == "zero_shot":  # one evaluation of the untouched model per task setting
+            cache = self.work / "zero_shot" / (f"{cell.task}-{Path(self.model).name}-t{len(td.test)}-m{max_new}-"
+                                               f"{data.general_digest(cell.overrides.get('general') or self.grids['general'])}.json")
+            if cache.is_file():
+                return json.loads(cache.read_text())
+        model, tok = scoring.load(self.model, adapter if adapter and (adapter / "adapter_config.json").is_file()
+                                  else None, self.device)
+        anchored = cell.method in ANCHORED_METHODS
+        if cell.method == "tell":
+            from axolotl_tell.prompting import load_spec
+
+            prompt_spec = load_spec(adapter)
+        else:
+            prompt_spec = scoring.anchored_spec(spec["anchor"], self.settings(cell).get("chat_template",
+                                                                                      "tokenizer_default"))
+
+        def prompts_for(rows):
+            msgs = [data.task_message_row(spec, r) for r in rows]
+            if anchored:
+                return scoring.anchored_prompts(prompt_spec, tok, msgs)
+            return scoring.plain_prompts(tok, msgs, prompt_spec["chat_template"])
+
+        out = {"prompt": "anchored" if anchored else "plain"}
+        if cell.method == "sft_best":
+            out.update(self.pick_epoch(cell, spec, td, d, prompts_for, max_new))
+            if out.get("chosen_checkpoint"):
+                del model
+                model, tok = scoring.load(self.model, out["chosen_checkpoint"], self.device)
+                out["chosen_checkpoint"] = str(Path(out["chosen_checkpoint"]).relative_to(self.work))
+        refs = [data.task_reference(spec, r) for r in td.test]
+        task = scoring.task_eval(model, tok, prompts_for(td.test), refs, spec["metric"], max_new, self.batch)
+        general_cfg = cell.overrides.get("general") or self.grids["general"]
+        general = scoring.general_eval(
+            model, tok, data.read_jsonl(Path(gen["heldout"])),
+            [r["prompt"] for r in data.read_jsonl(Path(gen["gen_prompts"]))], spec.get("general_leak_regex"),
+            max_new_tokens=int((general_cfg.get("gen_check") or {}).get("max_new_tokens", 64)), batch_size=self.batch)
+        out.update(score=task["score"], metric=spec["metric"],
+                   metrics={k: v for k, v in task.items() if k not in ("examples", "metric")},
+                   examples=task["examples"], test_rows=len(td.test), **general)
+        del model
+        if cache is not None:
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            cache.write_text(json.dumps(out))
+        return out
+
+    def pick_epoch(self, cell, spec, td, d: Path, prompts_for, max_new) -> dict:
+        """sft_best: score the adapter of each candidate epoch on the validation rows; keep the best."""
+        ckpts = {}
+        for state in (d / "out").glob("checkpoint-*/trainer_state.json"):
+            epoch = json.loads(state.read_text()).get("epoch")
+            if epoch is not None:
+                ckpts[int(round(float(epoch)))] = state.parent
+        candidates = [e for e in self.grids["sft_best"]["candidates"] if e in ckpts]
+        if not candidates:
+            return {"val_scores": {}, "chosen_epochs": None, "chosen_checkpoint": None}
+        refs = [data.task_reference(spec, r) for r in td.val]
+        val_prompts = prompts_for(td.val)
+        scores = {}
+        for epoch in candidates:
+            model, tok = scoring.load(self.model, ckpts[epoch], self.device)
+            scores[epoch] = scoring.task_eval(model, tok, val_prompts, refs, spec["metric"], max_new,
+                                              self.batch)["score"]
+            del model
+        best = max(candidates, key=lambda e: (scores[e], -e))
+        return {"val_scores": {str(e): s for e, s in scores.items()}, "val_rows": len(td.val),
+                "chosen_epochs": best, "chosen_checkpoint": str(ckpts[best])}
+
+
+# ----------------------------------------------------------------------------------------------- main
+def parse_args(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--grid", default="main")
+    ap.add_argument("--grids", default=str(BENCH / "grids.yaml"), help="the grids file (default bench/grids.yaml)")
+    ap.add_argument("--out", required=True, help="results JSON, e.g. bench/results/main_h100.json")
+    ap.add_argument("--model", default=str(DEFAULT_MODEL), help="base model folder (HF format)")
+    ap.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    ap.add_argument("--device-note", default="", help="free text added to every run's `device`")
+    ap.add_argument("--seeds", type=int, nargs="*", help="only these seeds")
+    ap.add_argument("--tasks", nargs="*", help="only these tasks")
+    ap.add_argument("--methods", nargs="*", help="only these methods")
+    ap.add_argument("--sizes", type=int, nargs="*", help="only these task_rows")
+    ap.add_argument("--max-cells", type=int, help="run at most N new cells, then stop")
+    ap.add_argument("--time-budget", type=float, help="seconds; start no new cell that would likely end after it")
+    ap.add_argument("--shared-data", help="where ../shared/data lives (e.g. a staged copy on the GPU machine)")
+    ap.add_argument("--work", help="work folder (configs, adapters); default bench/work/<grid>")
+    ap.add_argument("--launcher", default="python", help="`axolotl train --launcher` (python | accelerate)")
+    ap.add_argument("--keep-checkpoints", action="store_true", help="keep sft_best's per-epoch adapters")
+    ap.add_argument("--report-only", action="store_true", help="only rewrite the table and plots")
+    args = ap.parse_args(argv)
+    if args.work is None:
+        args.work = str(BENCH / "work" / args.grid)
+    return args
+
+
+def select(cells: list[Cell], args) -> list[Cell]:
+    return [c for c in cells
+            if (not args.seeds or c.seed in args.seeds) and (not args.tasks or c.task in args.tasks)
+            and (not args.methods or c.method in args.methods) and (not args.sizes or c.task_rows in args.sizes)]
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    for key, value in axo.ENV.items():
+        os.environ.setdefault(key, value)
+    out = Path(args.out).resolve()
+    if args.report_only:
+        print(report.write(out))
+        return 0
+    import datasets
+
+    datasets.disable_progress_bars()
+    cells = select(expand(args.grid, load_grids(args.grids)), args)
+    results = load_results(out)
+    done = {r["key"] for r in results["runs"]}
+    todo = [c for c in cells if c.key not in done]
+    print(f"[bench] grid {args.grid}: {len(cells)} cells, {len(cells) - len(todo)} already in {out}, "
+          f"{len(todo)} to run", flush=True)
+    bench = Bench(args) if todo else None  # nothing to run: no torch import, just the report
+    start, slowest, ran, failed = time.perf_counter(), 0.0, 0, []
+    for cell in todo:
+        if args.max_cells is not None and ran >= args.max_cells:
+            print(f"[bench] --max-cells {args.max_cells} reached", flush=True)
+            break
+        elapsed = time.perf_counter() - start
+        if args.time_budget and elapsed + slowest > args.time_budget:
+            print(f"[bench] time budget: {elapsed:.0f}s used, the slowest cell took {slowest:.0f}s: stopping",
+                  flush=True)
+            break
+        t0 = time.perf_counter()
+        print(f"[bench] {cell.key} ...", flush=True)
+        try:
+            rec = bench.run(cell)
+        except Exception as err:  # one failed cell must not lose the others; it is not recorded, so it reruns
+            failed.append(cell.key)
+            print(f"[bench] FAILED {cell.key}: {err}", file=sys.stderr, flush=True)
+            traceback.print_exc()
+            continue
+        missing = [k for k in REQUIRED_KEYS if k not in rec]
+        if missing:  # a bug, not a result: keep it out of the file
+            failed.append(cell.key)
+            print(f"[bench] FAILED {cell.key}: record lacks {missing}", file=sys.stderr, flush=True)
+            continue
+        ran += 1
+        slowest = max(slowest, time.perf_counter() - t0)
+        results = load_results(out)  # another writer may have added runs; never drop them
+        results.setdefault("meta", {}).update({"grid": args.grid, "model": Path(bench.model).name,
+                                               "device": bench.device_name, "profile": bench.profile})
+        results["runs"] = [r for r in results["runs"] if r["key"] != rec["key"]] + [rec]
+        save_results(out, results)
+        print(f"[bench]   score {rec['score']:.3f} ({rec['metric']})  general loss {rec['general_loss']:.3f}  "
+              f"steps {rec['steps']}  train {rec['wall_s']:.0f}s  eval {rec['eval_s']:.0f}s", flush=True)
+    if results["runs"]:
+        print(report.write(out))
+    if failed:
+        print(f"[bench] {len(failed)} cell(s) failed: {failed}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,83 @@
+"""The Axolotl config of each method: what a user would write. Every method shares ``training`` settings.
+
+* ``tell``           the plugin: task rows anchored, repeated and spread through the general pool;
+* ``tell_no_anchor`` plain Axolotl on ONE file holding the TELL run's rows in the TELL plan's order, task rows
+                     without the anchor (order kept: ``curriculum_sampling`` + ``shuffle_merged_datasets: false``);
+* ``sft``            plain Axolotl on the task rows only, ``num_epochs`` = the TELL run's task repeats;
+* ``sft_matched``    the same, run for as many optimizer steps as the TELL run (``max_steps``);
+* ``sft_best``       the same, an adapter saved every epoch; the epoch count is chosen on validation rows;
+* ``sft_anchor``     the plugin's anchored strategy as a plain dataset type (``axolotl_tell.anchored.chat_template``),
+                     task rows only, ``num_epochs`` = task repeats.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import yaml
+
+
+def training_settings(grids: dict, profile: str, block_train: dict | None = None) -> dict:
+    settings = copy.deepcopy(grids["training"])
+    settings.update(grids["profiles"][profile])
+    settings.update(block_train or {})
+    return settings
+
+
+def _base(model: str, settings: dict, seed: int, out: Path, prepared: Path) -> dict:
+    return {"base_model": str(model), **settings, "seed": int(seed), "val_set_size": 0,
+            "output_dir": str(out), "dataset_prepared_path": str(prepared)}
+
+
+def _chat_entry(path, ds_type: str = "chat_template") -> dict:
+    return {"path": str(path), "ds_type": "json", "type": ds_type}
+
+
+def tell_config(model, settings, *, seed, general_pool, task_file, anchor, task_repeats, general_ratio,
+                out: Path, prepared: Path) -> dict:
+    cfg = _base(model, settings, seed, out, prepared)
+    cfg.update({
+        "plugins": ["axolotl_tell.TellPlugin"],
+        "datasets": [_chat_entry(general_pool)],
+        "tell_task_datasets": [_chat_entry(task_file)],
+        "tell_anchor": anchor,
+        "tell_anchor_placement": "auto",
+        "tell_task_repeats": task_repeats,
+        "tell_general_ratio": float(general_ratio),
+        "tell_spread": "even",
+        "tell_general_shortfall": "warn",  # a short pool is recorded (ratio achieved), not an error
+        "num_epochs": 1,
+    })
+    return cfg
+
+
+def plain_config(model, settings, *, seed, data_file, out: Path, prepared: Path, epochs: int = 1,
+                 max_steps: int | None = None, ordered: bool = False, anchor: str | None = None,
+                 save_every_epoch: bool = False) -> dict:
+    cfg = _base(model, settings, seed, out, prepared)
+    if anchor is None:
+        cfg["datasets"] = [_chat_entry(data_file)]
+    else:  # anchored SFT: the plugin's dataset strategy, no mixing (no tell_task_datasets)
+        cfg["plugins"] = ["axolotl_tell.TellPlugin"]
+        cfg["datasets"] = [_chat_entry(data_file, "axolotl_tell.anchored.chat_template")]
+        cfg["tell_anchor"] = anchor
+        cfg["tell_anchor_placement"] = "auto"
+    cfg["num_epochs"] = int(epochs)
+    if max_steps:
+        cfg["max_steps"] = int(max_steps)
+    if ordered:  # keep the file's row order through preparation and sampling, as the plugin does
+        cfg.update({"curriculum_sampling": True, "shuffle_merged_datasets": False, "dataloader_drop_last": False})
+    if save_every_epoch:
+        cfg.update({"save_strategy": "epoch", "save_only_model": True, "save_total_limit": None})
+    return {k: v for k, v in cfg.items() if v is not None}
+
+
+def dump(cfg: dict) -> str:
+    return yaml.safe_dump(cfg, sort_keys=False, allow_unicode=True)
+
+
+def write_config(path: Path, cfg: dict) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(dump(cfg), encoding="utf-8")
+    return path

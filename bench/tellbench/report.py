@@ -1,0 +1,185 @@
+"""A results file -> ``<name>.md`` (table, mean ± sd over seeds) and ``<name>_*.png`` (plots), next to it."""
+
+from __future__ import annotations
+
+import json
+import statistics
+from collections import defaultdict
+from pathlib import Path
+
+from tellbench.spec import METHODS
+
+GROUP = ("task", "task_rows", "method", "task_repeats_requested", "general_ratio")
+
+
+def _mean_sd(values):
+    values = [v for v in values if v is not None]
+    if not values:
+        return None, None
+    return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def _fmt(mean, sd, digits=3):
+    if mean is None:
+        return "–"
+    return f"{mean:.{digits}f}" if not sd else f"{mean:.{digits}f} ± {sd:.{digits}f}"
+
+
+def _gen_ok(run):
+    return (run.get("gen_check") or {}).get("ok")
+
+
+def groups(runs: list[dict]) -> dict:
+    out = defaultdict(list)
+    for run in runs:
+        out[tuple(run.get(k) for k in GROUP)].append(run)
+    return out
+
+
+def _sort_key(key):
+    task, rows, method, repeats, ratio = key
+    repeats = -1 if repeats == "auto" else int(repeats)
+    return (task, rows, repeats, ratio or 0, METHODS.index(method) if method in METHODS else 99)
+
+
+def table(runs: list[dict]) -> str:
+    lines = ["| task | rows | method | repeats (req → used) | ratio | score (metric) | held-out general loss | "
+             "general answers ok | steps | train tokens | train s | seeds |",
+             "|---|---:|---|---|---:|---|---:|---:|---:|---:|---:|---:|"]
+    for key, rs in sorted(groups(runs).items(), key=lambda kv: _sort_key(kv[0])):
+        task, rows, method, repeats, ratio = key
+        score = _mean_sd([r["score"] for r in rs])
+        loss = _mean_sd([r["general_loss"] for r in rs])
+        ok = _mean_sd([_gen_ok(r) for r in rs])
+        used = _mean_sd([r.get("task_repeats") for r in rs])[0]
+        steps = _mean_sd([r.get("steps") for r in rs])[0]
+        tokens = _mean_sd([r.get("train_tokens") for r in rs])[0]
+        wall = _mean_sd([r.get("wall_s") for r in rs])[0]
+        lines.append(
+            f"| {task} | {rows} | {method} | {repeats} → {used:g} | {ratio:g} | {_fmt(*score)} ({rs[0]['metric']}) | "
+            f"{_fmt(*loss)} | {_fmt(*ok, digits=2)} | {steps:.0f} | {tokens:,.0f} | {wall:.0f} | {len(rs)} |")
+    return "\n".join(lines)
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _line_plot(path: Path, series: dict, xlabel: str, title: str, logx: bool = False) -> Path:
+    """series: {panel title: {line label: [(x, [y...]), ...]}}"""
+    plt = _pyplot()
+    panels = sorted(series)
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4), squeeze=False)
+    for ax, panel in zip(axes[0], panels):
+        for label, points in sorted(series[panel].items(), key=lambda kv: str(kv[0])):
+            points = sorted(points)
+            xs = [x for x, _ in points]
+            means = [statistics.mean(ys) for _, ys in points]
+            sds = [statistics.stdev(ys) if len(ys) > 1 else 0.0 for _, ys in points]
+            ax.errorbar(xs, means, yerr=sds, marker="o", capsize=3, label=str(label))
+        if logx:
+            ax.set_xscale("log")
+            ticks = sorted({x for pts in series[panel].values() for x, _ in pts})
+            ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
+            ax.minorticks_off()
+        ax.set_title(panel, fontsize=9)
+        ax.set_xlabel(xlabel)
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("task score")
+    axes[0][-1].legend(fontsize=7)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _bar_plot(path: Path, runs: list[dict], title: str) -> Path:
+    """Held-out general loss and the generation check, per task and method (mean over cells)."""
+    plt = _pyplot()
+    tasks = sorted({r["task"] for r in runs})
+    fig, axes = plt.subplots(2, len(tasks), figsize=(4.2 * len(tasks), 5.6), squeeze=False)
+    for col, task in enumerate(tasks):
+        rs = [r for r in runs if r["task"] == task]
+        methods = [m for m in METHODS if any(r["method"] == m for r in rs)]
+        for row, (label, get) in enumerate((("held-out general loss", lambda r: r.get("general_loss")),
+                                             ("general answers ok", _gen_ok))):
+            vals = [[get(r) for r in rs if r["method"] == m and get(r) is not None] for m in methods]
+            means = [statistics.mean(v) if v else 0 for v in vals]
+            ax = axes[row][col]
+            ax.bar(range(len(methods)), means, color="tab:blue" if row == 0 else "tab:green")
+            ax.set_xticks(range(len(methods)), methods, rotation=45, ha="right", fontsize=7)
+            ax.set_ylabel(label, fontsize=8)
+            if row == 0:
+                ax.set_title(task, fontsize=9)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plots(runs: list[dict], stem: Path) -> list[Path]:
+    made = []
+    # 1. score vs task rows, per method, at each auto-repeats setting that has 2+ methods and 2+ sizes (main grid)
+    by_setting = defaultdict(list)
+    for r in runs:
+        if r["task_repeats_requested"] == "auto":
+            by_setting[(r["task_repeats_requested"], r["general_ratio"])].append(r)
+    for (repeats, ratio), rs in sorted(by_setting.items(), key=lambda kv: str(kv[0])):
+        series = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
+        for r in rs:
+            series[r["task"]][r["method"]][r["task_rows"]].append(r["score"])
+        if any(len(s) > 1 and len({x for m in s.values() for x in m}) > 1 for s in series.values()):
+            data = {t: {m: list(pts.items()) for m, pts in s.items()} for t, s in series.items()}
+            made.append(_line_plot(Path(f"{stem}_score_r{repeats}_g{ratio:g}.png"), data, "task rows",
+                                   f"task score vs task rows (repeats {repeats}, ratio {ratio:g}); mean ± sd over seeds",
+                                   logx=True))
+    # 2. task repeats sweep (numeric repeats), per task and size
+    series = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
+    for r in runs:
+        if r["task_repeats_requested"] != "auto" and r["method"] != "zero_shot":
+            series[f"{r['task']} n={r['task_rows']}"][f"{r['method']} g={r['general_ratio']:g}"][
+                int(r["task_repeats_requested"])].append(r["score"])
+    if any(len(pts) > 1 for s in series.values() for pts in s.values()):
+        data = {t: {m: list(pts.items()) for m, pts in s.items()} for t, s in series.items()}
+        made.append(_line_plot(Path(f"{stem}_repeats.png"), data, "task repeats (sft: epochs)",
+                               "task score vs task repeats; mean ± sd over seeds"))
+    # 3. general ratio sweep (TELL)
+    series = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
+    for r in runs:
+        if r["method"] == "tell" and r["task_repeats_requested"] == "auto":
+            series[f"{r['task']} n={r['task_rows']}"][f"repeats {r['task_repeats_requested']}"][
+                r["general_ratio"]].append(r["score"])
+    if any(len(pts) > 1 for s in series.values() for pts in s.values()):
+        data = {t: {m: list(pts.items()) for m, pts in s.items()} for t, s in series.items()}
+        made.append(_line_plot(Path(f"{stem}_ratio.png"), data, "general:task supervised-token ratio",
+                               "TELL task score vs general ratio; mean ± sd over seeds", logx=True))
+    made.append(_bar_plot(Path(f"{stem}_general.png"), runs, "general-skill retention (mean over cells)"))
+    return made
+
+
+def write(results_path: Path) -> str:
+    """Write ``<name>.md`` and the plots; returns the table."""
+    results_path = Path(results_path)
+    results = json.loads(results_path.read_text(encoding="utf-8"))
+    runs = results["runs"]
+    stem = results_path.with_suffix("")
+    meta = results.get("meta", {})
+    text = table(runs)
+    try:
+        made = plots(runs, stem) if runs else []
+    except ImportError as err:  # e.g. no matplotlib on the GPU image: rerun --report-only where it is
+        print(f"[bench] plots skipped ({err}); run `python bench/run.py --report-only --out {results_path}`")
+        made = []
+    header = (f"# {results_path.name}\n\ngrid `{meta.get('grid')}`, model `{meta.get('model')}`, device "
+              f"`{meta.get('device')}`; {len(runs)} runs. Generated by `bench/run.py` from the JSON next to this "
+              "file.\n\n")
+    pics = "".join(f"![{p.name}]({p.name})\n" for p in made)
+    results_path.with_suffix(".md").write_text(header + text + "\n\n" + pics, encoding="utf-8")
+    return text
