@@ -111,16 +111,22 @@ class SourceLossMeter:
 
     @torch.no_grad()
     def update(self, logits: torch.Tensor, labels: torch.Tensor, source_ids: torch.Tensor, split: str) -> None:
-        """Add one micro-batch: causal shift, supervised positions only, per-token CE in float32."""
-        shift_labels = labels[..., 1:].reshape(-1)
-        shift_sources = source_ids.to(labels.device)[..., 1:].reshape(-1)
-        keep = shift_labels != -100
-        if not bool(keep.any()):
+        """Add one micro-batch: causal shift, supervised positions only, per-token CE in float32.
+
+        Only the logits rows of supervised positions are read (gathered from the contiguous logits, no
+        shifted copy of the whole tensor), and CE is logsumexp - target logit (no log_softmax tensor).
+        """
+        shift_labels = labels[:, 1:]
+        rows_b, rows_p = (shift_labels != -100).nonzero(as_tuple=True)
+        if rows_b.numel() == 0:
             return
-        flat_logits = logits[..., :-1, :].reshape(-1, logits.shape[-1])[keep].float()
-        token_loss = torch.nn.functional.cross_entropy(flat_logits, shift_labels[keep], reduction="none")
-        kinds = self.kind_of.to(labels.device)[shift_sources[keep].clamp(min=0)]
-        kinds = torch.where(shift_sources[keep] < 0, torch.full_like(kinds, -1), kinds)
+        batch, length, vocab = logits.shape
+        rows = logits.reshape(-1, vocab).index_select(0, rows_b * length + rows_p).float()
+        targets = shift_labels[rows_b, rows_p]
+        token_loss = torch.logsumexp(rows, dim=-1) - rows.gather(1, targets[:, None]).squeeze(1)
+        sources = source_ids.to(labels.device)[:, 1:][rows_b, rows_p]
+        kinds = self.kind_of.to(labels.device)[sources.clamp(min=0)]
+        kinds = torch.where(sources < 0, torch.full_like(kinds, -1), kinds)
         sums = torch.zeros(4, dtype=torch.float64, device=labels.device)
         for k in range(len(KINDS)):
             mask = kinds == k
