@@ -31,6 +31,10 @@ if [ -f "$venv/.tell-setup-done" ] && [ "$(cat "$venv/.tell-setup-done")" = "$re
   exit 0
 fi
 
+# uv ships its own CA roots; behind a TLS-inspecting proxy it needs the system bundle
+if [ -z "${SSL_CERT_FILE:-}" ] && [ -f /etc/ssl/certs/ca-certificates.crt ]; then
+  export SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt
+fi
 command -v uv >/dev/null 2>&1 || "$python" -m pip install -q uv
 uv=$(command -v uv || echo "$python -m uv")
 links=()
