@@ -7,8 +7,11 @@ packing, DeepSpeed and FSDP paths stay Axolotl's own):
   ``tell_source`` before Axolotl's collator runs and returns ``tell_source_ids``,
   one source id per token, aligned with ``labels`` (packed rows too; padding -1).
 * :class:`SourceLossMeter` adds up, per source kind, the summed token loss and
-  the supervised token count of each micro-batch, from the logits the model
-  already returned (no extra forward pass; only supervised positions are scored).
+  the supervised token count of each micro-batch. Where the model uses
+  transformers' default causal-LM loss, :class:`SourceAwareCausalLMLoss` takes its
+  place and computes the per-token CE once, for both the training loss and the
+  sums; otherwise the meter scores the logits the model returned (supervised
+  positions only; no extra forward pass).
 * :func:`attach` wraps ``compute_loss`` and ``log``: at every logging step the
   sums are all-reduced (sums, not means of means) and added to the logs, so every
   logger Axolotl supports (stdout, tensorboard, wandb, mlflow) gets them.
@@ -132,7 +135,27 @@ class SourceLossMeter:
             mask = kinds == k
             sums[2 * k] = token_loss[mask].double().sum()
             sums[2 * k + 1] = mask.sum()
-        self.sums[split] += sums.cpu()
+        self._accumulate(split, sums)
+
+    @torch.no_grad()
+    def add_token_losses(self, token_loss: torch.Tensor, shift_labels: torch.Tensor, shift_sources: torch.Tensor,
+                         split: str) -> None:
+        """Add per-token losses already computed for the training loss (flat, aligned with shifted labels)."""
+        keep = (shift_labels != -100) & (shift_sources >= 0)
+        kinds = self.kind_of.to(token_loss.device)[shift_sources[keep]]
+        losses = token_loss[keep]
+        sums = torch.zeros(4, dtype=torch.float64, device=token_loss.device)
+        for k in range(len(KINDS)):
+            mask = kinds == k
+            sums[2 * k] = losses[mask].double().sum()
+            sums[2 * k + 1] = mask.sum()
+        self._accumulate(split, sums)
+
+    def _accumulate(self, split: str, sums: torch.Tensor) -> None:
+        # stays on the device: no host sync per micro-batch, only at logging time
+        if self.sums[split].device != sums.device:
+            self.sums[split] = self.sums[split].to(sums.device)
+        self.sums[split] += sums
 
     def pop(self, split: str) -> dict[str, float]:
         """Metrics since the last call, summed over ranks; resets the split's sums."""
@@ -142,7 +165,7 @@ class SourceLossMeter:
             device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else "cpu"
             sums = sums.to(device)
             torch.distributed.all_reduce(sums, op=torch.distributed.ReduceOp.SUM)
-            sums = sums.cpu()
+        sums = sums.cpu()
         out = {}
         for k, kind in enumerate(KINDS):
             loss_sum, count = float(sums[2 * k]), int(sums[2 * k + 1])
@@ -152,6 +175,64 @@ class SourceLossMeter:
         return out
 
 
+class SourceAwareCausalLMLoss:
+    """transformers' ``ForCausalLMLoss``, computed once per token so the per-source sums come for free.
+
+    Same result as the default (shift, float32 CE, ignore -100, sum / ``num_items_in_batch`` or mean), but
+    with ``reduction="none"`` first: the training loss is the sum of those per-token losses, and the meter
+    reads them (detached). ``pending`` holds the micro-batch's source ids until the forward consumes them.
+    """
+
+    def __init__(self, meter: SourceLossMeter, default):
+        self.meter, self.default = meter, default
+        self.pending: tuple[torch.Tensor, str] | None = None
+
+    def __call__(self, logits, labels, vocab_size: int, num_items_in_batch=None, ignore_index: int = -100,
+                 shift_labels=None, **kwargs):
+        pending, self.pending = self.pending, None
+        if pending is None or shift_labels is not None or ignore_index != -100:
+            return self.default(logits, labels, vocab_size, num_items_in_batch=num_items_in_batch,
+                                ignore_index=ignore_index, shift_labels=shift_labels, **kwargs)
+        source_ids, split = pending
+        logits = logits.float()
+        shift_labels = torch.nn.functional.pad(labels, (0, 1), value=ignore_index)[..., 1:].reshape(-1)
+        shift_labels = shift_labels.to(logits.device)
+        token_loss = torch.nn.functional.cross_entropy(logits.view(-1, vocab_size), shift_labels,
+                                                       ignore_index=ignore_index, reduction="none")
+        shift_sources = torch.nn.functional.pad(source_ids.to(logits.device), (0, 1), value=-1)[..., 1:].reshape(-1)
+        self.meter.add_token_losses(token_loss.detach(), shift_labels, shift_sources, split)
+        if num_items_in_batch is not None:
+            if torch.is_tensor(num_items_in_batch):
+                num_items_in_batch = num_items_in_batch.to(token_loss.device)
+            return token_loss.sum() / num_items_in_batch
+        return token_loss.sum() / (shift_labels != ignore_index).sum()
+
+
+def install_source_loss(model, meter: SourceLossMeter) -> SourceAwareCausalLMLoss | None:
+    """Put :class:`SourceAwareCausalLMLoss` on the transformers model inside ``model`` (PEFT/DeepSpeed unwrapped).
+
+    Only where the model uses transformers' default causal-LM loss; otherwise None (the caller falls back
+    to scoring the returned logits).
+    """
+    try:
+        from transformers.loss.loss_utils import ForCausalLMLoss
+    except ImportError:  # pragma: no cover - older transformers
+        return None
+    inner = model
+    for _ in range(4):  # DeepSpeed/DDP `.module`, PEFT `.get_base_model()`
+        if hasattr(inner, "get_base_model"):
+            inner = inner.get_base_model()
+        elif hasattr(inner, "module") and isinstance(inner.module, torch.nn.Module):
+            inner = inner.module
+        else:
+            break
+    if getattr(inner, "loss_function", None) is not ForCausalLMLoss:
+        return None
+    loss = SourceAwareCausalLMLoss(meter, ForCausalLMLoss)
+    inner.loss_function = loss
+    return loss
+
+
 def attach(trainer, meter: SourceLossMeter) -> None:
     """Wrap the trainer's collators, ``compute_loss`` and ``log`` (instance-level; any trainer class)."""
     trainer.data_collator = SourceIdsCollator(trainer.data_collator)
@@ -159,19 +240,27 @@ def attach(trainer, meter: SourceLossMeter) -> None:
         trainer.eval_data_collator = SourceIdsCollator(trainer.eval_data_collator, split="eval")
     compute_loss, log = trainer.compute_loss, trainer.log
     warned = []
+    source_loss = install_source_loss(trainer.model, meter)
 
     def compute_loss_with_sources(model, inputs, return_outputs=False, **kwargs):
         source_ids = inputs.pop(SOURCE_IDS, None)
         if source_ids is None:
             return compute_loss(model, inputs, return_outputs=return_outputs, **kwargs)
+        split = "train" if model.training else "eval"
+        if source_loss is not None:
+            source_loss.pending = (source_ids, split)
         loss, outputs = compute_loss(model, inputs, return_outputs=True, **kwargs)
+        if source_loss is not None and source_loss.pending is None:  # the forward's loss did the counting
+            return (loss, outputs) if return_outputs else loss
+        if source_loss is not None:
+            source_loss.pending = None
         logits = getattr(outputs, "logits", None) if not isinstance(outputs, dict) else outputs.get("logits")
         if logits is None or logits.dim() != 3:
             if not warned:
                 LOG.warning("[axolotl_tell] the model returned no logits (fused loss kernel?): per-source loss is off")
                 warned.append(True)
         else:
-            meter.update(logits.detach(), inputs["labels"], source_ids, "train" if model.training else "eval")
+            meter.update(logits.detach(), inputs["labels"], source_ids, split)
         return (loss, outputs) if return_outputs else loss
 
     def log_with_sources(logs, *args, **kwargs):

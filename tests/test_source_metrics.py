@@ -110,3 +110,44 @@ def test_train_and_eval_sums_are_kept_apart():
     assert meter.pop("train") == {"tell/task_tokens": 0, "tell/general_tokens": 0}
     got = meter.pop("eval")
     assert got["tell/task_tokens"] == 2 and math.isclose(got["tell/task_loss"], math.log(5), rel_tol=1e-6)
+
+
+@pytest.mark.parametrize("num_items", [None, 7])
+def test_source_aware_loss_equals_the_default_loss_and_counts_sources(model_and_tokenizer, num_items):
+    """One CE for both: the training loss and its gradient match transformers' default; sums match by hand."""
+    from axolotl.utils.collators import DataCollatorForSeq2Seq
+    from transformers import AutoModelForCausalLM
+
+    from axolotl_tell.source_metrics import install_source_loss
+
+    _, tok = model_and_tokenizer
+    rows = _rows(tok)
+    for r in rows:
+        r.pop("position_ids")
+    batch = SourceIdsCollator(DataCollatorForSeq2Seq(tok, padding=True, return_tensors="pt"))([dict(r) for r in rows])
+    source_ids = batch.pop(SOURCE_IDS)
+    kwargs = {} if num_items is None else {"num_items_in_batch": torch.tensor(num_items)}
+    path = model_and_tokenizer[0].name_or_path
+    reference, patched = AutoModelForCausalLM.from_pretrained(path), AutoModelForCausalLM.from_pretrained(path)
+    meter = SourceLossMeter(KINDS)
+    source_loss = install_source_loss(patched, meter)
+    assert source_loss is not None
+    want = reference(**batch, **kwargs)
+    want.loss.backward()
+    source_loss.pending = (source_ids, "train")
+    got = patched(**batch, **kwargs)
+    got.loss.backward()
+    assert source_loss.pending is None  # consumed by the forward
+    assert torch.allclose(got.loss, want.loss, rtol=1e-6, atol=1e-7)
+    for (name, p_ref), (_, p_new) in zip(reference.named_parameters(), patched.named_parameters()):
+        assert torch.allclose(p_ref.grad, p_new.grad, rtol=1e-5, atol=1e-7), name
+    sums = meter.pop("train")
+    by_hand = SourceLossMeter(KINDS)
+    by_hand.update(want.logits.detach(), batch["labels"], source_ids, "train")
+    expected = by_hand.pop("train")
+    for key, value in expected.items():
+        assert math.isclose(sums[key], value, rel_tol=1e-5), key
+    # with nothing pending (e.g. a batch without sources) the default loss runs unchanged
+    again = patched(**batch, **kwargs)
+    assert torch.allclose(again.loss, want.loss, rtol=1e-6, atol=1e-7)
+    assert meter.pop("train")["tell/task_tokens"] == 0
