@@ -133,3 +133,8 @@ def make_workspace(root: Path, model: Path, *, task: str = "alpaca", general_row
     path = root / "config.yml"
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))
     return path, cfg
+
+
+def length_metric(predictions, references):
+    """A user metric for `tell_eval_generate: tiny.length_metric` (tests)."""
+    return {"mean_length": sum(len(p) for p in predictions) / len(predictions)}
