@@ -128,14 +128,7 @@ class SourceLossMeter:
         targets = shift_labels[rows_b, rows_p]
         token_loss = torch.logsumexp(rows, dim=-1) - rows.gather(1, targets[:, None]).squeeze(1)
         sources = source_ids.to(labels.device)[:, 1:][rows_b, rows_p]
-        kinds = self.kind_of.to(labels.device)[sources.clamp(min=0)]
-        kinds = torch.where(sources < 0, torch.full_like(kinds, -1), kinds)
-        sums = torch.zeros(4, dtype=torch.float64, device=labels.device)
-        for k in range(len(KINDS)):
-            mask = kinds == k
-            sums[2 * k] = token_loss[mask].double().sum()
-            sums[2 * k + 1] = mask.sum()
-        self._accumulate(split, sums)
+        self.add_token_losses(token_loss, targets, sources, split)
 
     @torch.no_grad()
     def add_token_losses(self, token_loss: torch.Tensor, shift_labels: torch.Tensor, shift_sources: torch.Tensor,
