@@ -20,8 +20,11 @@ Steps, each deterministic:
    If the generating model's tokenizer has a chat template, the prompt is one
    user turn with the generation prompt added; otherwise it is plain text.
 3. **Generation.** Greedy (no sampling), at most ``tell_anchor_max_tokens + 1``
-   new tokens (default 96), stopping at EOS; on CUDA if available (bfloat16),
-   else CPU (float32). The model is freed afterwards.
+   new tokens (default 96), stopping at EOS, with no 4-gram generated twice
+   (:data:`NO_REPEAT_NGRAM_SIZE`: small models otherwise loop on a phrase until
+   the budget runs out; a one- or two-sentence description never needs a
+   repeated 4-gram); on CUDA if available (bfloat16), else CPU (float32). The
+   model is freed afterwards.
 4. **Clean-up** (:func:`clean_anchor`): keep the first paragraph (text before
    the first blank line); drop a leading ``Task description:`` /
    ``Description:`` / ``Task:`` / ``Anchor:`` label; collapse whitespace;
@@ -78,7 +81,8 @@ DEFAULT_SEED = 42
 MAX_FIELD_CHARS = 600
 MIN_ANSWER_WORDS = 3
 CACHE_PREFIX = "tell-anchor-"
-GENERATION_VERSION = 1  # bump when prompt building, generation or clean-up changes
+NO_REPEAT_NGRAM_SIZE = 4
+GENERATION_VERSION = 2  # bump when prompt building, generation or clean-up changes (2: no repeated 4-grams)
 
 DEFAULT_TEMPLATE = (
     "Here are {k} examples of one task. Each shows what the assistant is given and the answer it must write.\n"
@@ -363,7 +367,8 @@ def generate_text(settings: AutoSettings, prompt: str) -> dict:
     try:
         torch.manual_seed(settings.seed)
         ids = prompt_token_ids(tokenizer, prompt)
-        raw = generate(model, tokenizer, [ids], max_new_tokens=settings.max_tokens + 1, batch_size=1)[0]
+        raw = generate(model, tokenizer, [ids], max_new_tokens=settings.max_tokens + 1, batch_size=1,
+                       no_repeat_ngram_size=NO_REPEAT_NGRAM_SIZE)[0]
     finally:
         del model
         gc.collect()

@@ -25,8 +25,12 @@ def _has_tokenizer(folder: str | None) -> bool:
     return bool(folder) and (Path(folder) / "tokenizer_config.json").is_file()
 
 
-def generate(model, tokenizer, prompts: list[list[int]], max_new_tokens: int = 64, batch_size: int = 16) -> list[str]:
-    """Greedy continuations of token-id prompts, batched with left padding; special tokens stripped."""
+def generate(model, tokenizer, prompts: list[list[int]], max_new_tokens: int = 64, batch_size: int = 16,
+             no_repeat_ngram_size: int = 0) -> list[str]:
+    """Greedy continuations of token-id prompts, batched with left padding; special tokens stripped.
+
+    ``no_repeat_ngram_size`` > 0 forbids generating any n-gram of that size twice (still deterministic).
+    """
     import torch
 
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -46,7 +50,7 @@ def generate(model, tokenizer, prompts: list[list[int]], max_new_tokens: int = 6
         with torch.no_grad():
             out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), do_sample=False,
                                  max_new_tokens=max_new_tokens, pad_token_id=pad,
-                                 eos_token_id=tokenizer.eos_token_id)
+                                 eos_token_id=tokenizer.eos_token_id, no_repeat_ngram_size=no_repeat_ngram_size)
         for row, i in enumerate(idx):
             texts[i] = tokenizer.decode(out[row, width:], skip_special_tokens=True).strip()
     outputs = [texts[i] for i in range(len(prompts))]

@@ -72,6 +72,9 @@ class TellPlugin(BasePlugin):
 
     def post_trainer_create(self, cfg, trainer):
         self.trainer = trainer
+        if self.prepared is not None:
+            LOG.info("[axolotl_tell] training engine: %s, world size %d", training_engine(trainer),
+                     int(getattr(trainer.args, "world_size", 1) or 1))
         if self.prepared is not None and cfg.get("tell_source_metrics") is not False:
             from axolotl_tell.source_metrics import SourceLossMeter, attach
 
@@ -166,6 +169,17 @@ class _GenerateAtEval(TrainerCallback):
         with open(out / EVAL_STEPS_FILE, "a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
         LOG.info("[axolotl_tell] step %d task generation eval: %s", state.global_step, record)
+
+
+def training_engine(trainer) -> str:
+    """What wraps the model: ``DeepSpeed ZeRO-<stage>``, ``FSDP<version>`` or ``DDP / single process``."""
+    state = getattr(getattr(trainer, "accelerator", None), "state", None)
+    if getattr(trainer, "is_deepspeed_enabled", False):
+        stage = getattr(getattr(state, "deepspeed_plugin", None), "zero_stage", "?")
+        return f"DeepSpeed ZeRO-{stage}"
+    if getattr(trainer, "is_fsdp_enabled", False):
+        return f"FSDP{getattr(getattr(state, 'fsdp_plugin', None), 'fsdp_version', '')}"
+    return "DDP / single process"
 
 
 def _sharded_parameters(cfg) -> bool:

@@ -234,6 +234,8 @@ def attach(trainer, meter: SourceLossMeter) -> None:
     compute_loss, log = trainer.compute_loss, trainer.log
     warned = []
     source_loss = install_source_loss(trainer.model, meter)
+    LOG.info("[axolotl_tell] per-source loss: %s", "from the training loss's per-token cross-entropy"
+             if source_loss is not None else "from the returned logits (the model has its own loss function)")
 
     def compute_loss_with_sources(model, inputs, return_outputs=False, **kwargs):
         source_ids = inputs.pop(SOURCE_IDS, None)

@@ -10,8 +10,8 @@ cd "$(dirname "$0")/.."
 
 target="${1:-0.19}"
 case "$target" in
-  0.19) venv=.venv;      py_want=3.11; pkgs=(torch==2.13.0 axolotl==0.19.0) ;;
-  0.21) venv=.venv-0.21; py_want=3.12; pkgs=(axolotl==0.21.0) ;;
+  0.19) venv=.venv;      py_want=3.11; pkgs=(torch==2.13.0 axolotl==0.19.0); ds="deepspeed>=0.18.6,<0.19" ;;
+  0.21) venv=.venv-0.21; py_want=3.12; pkgs=(axolotl==0.21.0);                ds="deepspeed>=0.18.6,<0.20" ;;
   *) echo "usage: $0 [0.19|0.21]" >&2; exit 2 ;;
 esac
 
@@ -26,7 +26,7 @@ find_python() {  # a python$1 on PATH, or one pyenv knows
 }
 
 python=$(find_python "$py_want") || { echo "setup: Python $py_want not found (install it, e.g. with pyenv)" >&2; exit 3; }
-request="$python ${pkgs[*]} $(sha256sum pyproject.toml | cut -c1-16)"
+request="$python ${pkgs[*]} $ds $(sha256sum pyproject.toml | cut -c1-16)"
 if [ -f "$venv/.tell-setup-done" ] && [ "$(cat "$venv/.tell-setup-done")" = "$request" ]; then
   exit 0
 fi
@@ -42,7 +42,9 @@ links=()
 wheel_dir=$(pip config get global.find-links 2>/dev/null || true)
 [ -n "$wheel_dir" ] && [ -d "$wheel_dir" ] && links=(--find-links "$wheel_dir")
 
-echo "setup: $venv with $python: ${pkgs[*]} + axolotl_tell[test]"
+echo "setup: $venv with $python: ${pkgs[*]} + $ds + axolotl_tell[test]"
 $uv venv -q --seed --allow-existing -p "$python" "$venv"   # --seed: pip inside (get_model.py downloads with it)
 $uv pip install -q -p "$venv/bin/python" --compile-bytecode "${links[@]}" "${pkgs[@]}" -e ".[test]"
+# DeepSpeed (Axolotl's `deepspeed` extra range): its setup.py imports torch, so it builds against the torch above
+$uv pip install -q -p "$venv/bin/python" --no-build-isolation "${links[@]}" "$ds"
 echo "$request" > "$venv/.tell-setup-done"

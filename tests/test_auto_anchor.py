@@ -327,3 +327,44 @@ def test_cli_anchor_prints_generates_and_reuses(tiny_model, tmp_path, fake_gener
     path.write_text(yaml.safe_dump(cfg))
     assert main(["anchor", str(path)]) == 0
     assert "anchor (source: config):\n\nYou do the task." in capsys.readouterr().out
+
+
+def _new_token_ids(monkeypatch, run) -> list[int]:
+    """The token ids ``run()`` generated (spying on the model's ``generate``)."""
+    from transformers import LlamaForCausalLM
+
+    seen, original = [], LlamaForCausalLM.generate
+
+    def spy(self, *args, **kwargs):
+        out = original(self, *args, **kwargs)
+        seen.append(out[0, kwargs["input_ids"].shape[1]:].tolist())
+        return out
+
+    monkeypatch.setattr(LlamaForCausalLM, "generate", spy)
+    run()
+    monkeypatch.setattr(LlamaForCausalLM, "generate", original)
+    return seen[0]
+
+
+def _repeated_4grams(ids: list[int]) -> int:
+    grams = [tuple(ids[i:i + 4]) for i in range(len(ids) - 3)]
+    return len(grams) - len(set(grams))
+
+
+def test_anchor_generation_never_repeats_a_4gram(tiny_model, tmp_path, monkeypatch):
+    """Small models loop on a phrase until the budget runs out; the anchor's decoding forbids that."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from axolotl_tell.generate import generate
+
+    examples, _ = collect_examples(_alpaca(), 4, 7)
+    prompt = render_prompt(DEFAULT_TEMPLATE, examples)
+    anchor_ids = _new_token_ids(monkeypatch, lambda: auto_anchor.generate_text(
+        _settings(tiny_model, tmp_path, max_tokens=80), prompt))
+    assert len(anchor_ids) > 20 and _repeated_4grams(anchor_ids) == 0
+    # the same model and prompt without the constraint does loop: the rule above is what prevents it
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model).eval()
+    plain_ids = _new_token_ids(monkeypatch, lambda: generate(
+        model, tok, [auto_anchor.prompt_token_ids(tok, prompt)], max_new_tokens=81, batch_size=1))
+    assert _repeated_4grams(plain_ids) > 0
