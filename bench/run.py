@@ -37,7 +37,7 @@ for p in (str(BENCH), str(ROOT)):
         sys.path.insert(0, p)
 
 from tellbench import axo, configs, data, report, scoring  # noqa: E402
-from tellbench.spec import ANCHORED_METHODS, Cell, expand, load_grids, load_task  # noqa: E402
+from tellbench.spec import ANCHORED_METHODS, TELL_METHODS, Cell, expand, load_grids, load_task  # noqa: E402
 
 DEFAULT_MODEL = ROOT / ".cache" / "models" / "smollm2-135m-instruct"
 REQUIRED_KEYS = ("task", "method", "task_rows", "seed", "score", "metric", "general_loss", "model", "task_repeats",
@@ -115,12 +115,14 @@ class Bench:
 
     # -- TELL plan (shared by tell, tell_no_anchor, sft_matched) ------------------------------------------------
     def tell_config_path(self, cell: Cell) -> Path:
-        twin = cell.tell_twin()
+        """The plugin config of a TELL cell, or of the TELL twin of a cell matched to one."""
+        twin = cell if cell.method in TELL_METHODS else cell.tell_twin()
         spec, td = self.task_data(twin)
         gen = self.general(twin)
         d = self.cell_dir(twin)
         cfg = configs.tell_config(self.model, self.settings(twin), seed=twin.seed, general_pool=gen["pool"],
-                                  task_file=self.task_file(twin, spec, td), anchor=spec["anchor"],
+                                  task_file=self.task_file(twin, spec, td),
+                                  anchor="auto" if twin.method == "tell_auto_anchor" else spec["anchor"],
                                   task_repeats=twin.task_repeats, general_ratio=twin.general_ratio,
                                   out=d / "out", prepared=self.work / "prepared_tell")
         path = d / "config.yml"
@@ -157,7 +159,7 @@ class Bench:
 
         if method == "zero_shot":
             rec.update(task_repeats=0, general_tokens=0, task_tokens=0, train_tokens=0, steps=0, epochs=0)
-        elif method == "tell":
+        elif method in TELL_METHODS:
             config = self.tell_config_path(cell)
             wall = axo.run_axolotl("train", config, d / "train.log", self.args.launcher)
             rep = axo.tell_report(d / "out")
@@ -166,7 +168,8 @@ class Bench:
                        task_tokens=rep["task"]["tokens"], task_supervised_tokens=rep["task"]["supervised_tokens"],
                        general_supervised_tokens=rep["general"]["supervised_tokens"],
                        general_rows_used=rep["general"]["rows_used"], general_ratio_achieved=rep["ratio"]["achieved"],
-                       plan_sha256=rep["plan_sha256"], epochs=1,
+                       plan_sha256=rep["plan_sha256"], epochs=1, anchor=rep["anchor"]["text"],
+                       anchor_source=rep["anchor"]["source"],
                        steps=facts["steps_logged"] or axo.steps_per_epoch(rep["rows_total"], rows_per_step), **facts)
             adapter = d / "out"
         elif method == "tell_no_anchor":
@@ -298,7 +301,7 @@ class Bench:
         model, tok = scoring.load(self.model, adapter if adapter and (adapter / "adapter_config.json").is_file()
                                   else None, self.device)
         anchored = cell.method in ANCHORED_METHODS
-        if cell.method == "tell":
+        if cell.method in TELL_METHODS:  # the anchor and template the run trained with, from its tell.json
             from axolotl_tell.prompting import load_spec
 
             prompt_spec = load_spec(adapter)

@@ -54,3 +54,29 @@ def test_smoke_grid_writes_results_and_resumes(tiny_model, tmp_path):
     assert "0 to run" in again.stdout
     assert json.loads(out.read_text())["runs"] == runs
     print(f"smoke grid: {first:.0f}s for two cells")
+
+
+@pytest.mark.skipif(not (ROOT.parent / "shared" / "data" / "tasks").is_dir(), reason="needs ../shared/data")
+def test_anchor_variants_configs(tiny_model, tmp_path):
+    """tell_auto_anchor = the TELL config with `tell_anchor: auto` in its own cell; tell_no_anchor reuses TELL's plan."""
+    import yaml
+
+    sys.path[:0] = [str(ROOT / "bench"), str(ROOT)]
+    import run as bench_run
+    from tellbench.spec import expand
+
+    cells = {(c.task, c.seed, c.method): c for c in expand("anchors_cpu")}
+    assert {m for (t, s, m) in cells if t == "question_formation" and s == 0} == {
+        "zero_shot", "tell", "tell_auto_anchor", "tell_no_anchor"}
+    b = bench_run.Bench(bench_run.parse_args(["--grid", "anchors_cpu", "--out", str(tmp_path / "r.json"),
+                                              "--model", str(tiny_model), "--work", str(tmp_path / "w"),
+                                              "--device", "cpu"]))
+    hand = yaml.safe_load(b.tell_config_path(cells["question_formation", 0, "tell"]).read_text())
+    auto_path = b.tell_config_path(cells["question_formation", 0, "tell_auto_anchor"])
+    auto = yaml.safe_load(auto_path.read_text())
+    assert auto_path.parent.name.startswith("question_formation-tell_auto_anchor-")
+    assert auto["tell_anchor"] == "auto" and hand["tell_anchor"].startswith("Grammar tool")
+    assert {k: v for k, v in auto.items() if k not in ("tell_anchor", "output_dir")} == \
+        {k: v for k, v in hand.items() if k not in ("tell_anchor", "output_dir")}
+    no_anchor_twin = b.tell_config_path(cells["question_formation", 0, "tell_no_anchor"])
+    assert no_anchor_twin.parent.name.startswith("question_formation-tell-")

@@ -1,6 +1,8 @@
 """The Axolotl config of each method: what a user would write. Every method shares ``training`` settings.
 
 * ``tell``           the plugin: task rows anchored, repeated and spread through the general pool;
+* ``tell_auto_anchor`` the same as ``tell`` with ``tell_anchor: auto``: the base model writes the anchor from 8
+                     task examples (the plan's other settings are the same; task token counts follow the anchor);
 * ``tell_no_anchor`` plain Axolotl on ONE file holding the TELL run's rows in the TELL plan's order, task rows
                      without the anchor (order kept: ``curriculum_sampling`` + ``shuffle_merged_datasets: false``);
 * ``sft``            plain Axolotl on the task rows only, ``num_epochs`` = the TELL run's task repeats;
