@@ -172,14 +172,14 @@ class _GenerateAtEval(TrainerCallback):
 
 
 def training_engine(trainer) -> str:
-    """What wraps the model: ``DeepSpeed ZeRO-<stage>``, ``FSDP<version>`` or ``DDP / single process``."""
+    """What wraps the model: ``DeepSpeed ZeRO-<stage>``, ``FSDP<version>``, ``DDP`` or ``single process``."""
     state = getattr(getattr(trainer, "accelerator", None), "state", None)
     if getattr(trainer, "is_deepspeed_enabled", False):
         stage = getattr(getattr(state, "deepspeed_plugin", None), "zero_stage", "?")
         return f"DeepSpeed ZeRO-{stage}"
     if getattr(trainer, "is_fsdp_enabled", False):
         return f"FSDP{getattr(getattr(state, 'fsdp_plugin', None), 'fsdp_version', '')}"
-    return "DDP / single process"
+    return "DDP" if int(getattr(trainer.args, "world_size", 1) or 1) > 1 else "single process"
 
 
 def _sharded_parameters(cfg) -> bool:

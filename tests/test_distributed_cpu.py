@@ -1,8 +1,12 @@
-"""DeepSpeed ZeRO-2 and ZeRO-3 runs through the plugin, on CPU (one process, gloo), against a plain run.
+"""Distributed runs through the plugin on CPU (gloo), against a one-process run of the same config.
 
-The planned order reaches the ZeRO engines unchanged: every optimizer step sees the same task and general
-supervised tokens as without DeepSpeed, and the per-source losses are logged at every step. Skipped where
-DeepSpeed is not installed, except in CI (``scripts/setup.sh`` installs it).
+* DeepSpeed ZeRO-2 and ZeRO-3, one process: the planned order reaches the ZeRO engine unchanged (every optimizer
+  step sees the same task and general supervised tokens as without DeepSpeed), per-source losses at every step.
+* DDP, two real ranks (torchrun): the mix is built once, each optimizer step trains the next 2 planned
+  micro-batches, and the per-source token counts are summed over both ranks.
+
+``tests/cpu_launch.py`` supplies the CPU choices Axolotl leaves to a GPU. DeepSpeed is required in CI
+(``scripts/setup.sh`` installs it) and skipped elsewhere if missing.
 """
 
 from __future__ import annotations
@@ -18,10 +22,15 @@ from pathlib import Path
 import pytest
 from tiny import make_workspace
 
-if os.environ.get("CI"):  # scripts/setup.sh installs DeepSpeed: in CI its absence is a failure, not a skip
+try:
     import deepspeed  # noqa: F401
-else:
-    pytest.importorskip("deepspeed")
+
+    HAVE_DEEPSPEED = True
+except ImportError:
+    if os.environ.get("CI"):  # scripts/setup.sh installs DeepSpeed: in CI its absence is a failure, not a skip
+        raise
+    HAVE_DEEPSPEED = False
+LAUNCHER = Path(__file__).parent / "cpu_launch.py"
 pytestmark = pytest.mark.e2e
 
 STEP = re.compile(r"\{'loss': '([0-9.]+)'.*?'tell/task_tokens': (\d+), 'tell/task_loss': '([0-9.]+)', "
@@ -36,13 +45,18 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _train(cfg_path: Path, deepspeed_run: bool) -> str:
+def _train(cfg_path: Path, mode: str = "plain") -> str:
+    """``plain``: ``axolotl train``; ``deepspeed``: one process under DeepSpeed; ``ddp``: two ranks (torchrun)."""
     bin_dir = Path(sys.executable).parent
     env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
-    if deepspeed_run:
-        env.update(DS_ACCELERATOR="cpu", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()), RANK="0",
-                   WORLD_SIZE="1", LOCAL_RANK="0", LOCAL_WORLD_SIZE="1")
-        cmd = [sys.executable, str(Path(__file__).parent / "cpu_deepspeed_launch.py"), str(cfg_path)]
+    if mode == "deepspeed":
+        env.update(DS_ACCELERATOR="cpu", ACCELERATE_USE_DEEPSPEED="true", MASTER_ADDR="127.0.0.1",
+                   MASTER_PORT=str(_free_port()), RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", LOCAL_WORLD_SIZE="1")
+        cmd = [sys.executable, str(LAUNCHER), str(cfg_path)]
+    elif mode == "ddp":
+        env.update(ACCELERATE_USE_CPU="true", OMP_NUM_THREADS="1")
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+               "--master_port", str(_free_port()), str(LAUNCHER), str(cfg_path)]
     else:
         cmd = [str(bin_dir / "axolotl"), "train", str(cfg_path)]
     proc = subprocess.run(cmd, cwd=cfg_path.parent, env=env, capture_output=True, text=True, timeout=600)
@@ -59,9 +73,10 @@ def _steps(log: str) -> list[tuple[float, int, float, int, float]]:
 def plain_run(tiny_model, tmp_path_factory):
     root = tmp_path_factory.mktemp("plain")
     cfg_path, cfg = make_workspace(root, tiny_model, task="chat_template", **EVAL)
-    return _steps(_train(cfg_path, deepspeed_run=False)), cfg
+    return _steps(_train(cfg_path)), cfg
 
 
+@pytest.mark.skipif(not HAVE_DEEPSPEED, reason="DeepSpeed is not installed (scripts/setup.sh installs it)")
 @pytest.mark.parametrize("stage", [2, 3])
 def test_zero_stage_keeps_plan_and_per_source_metrics(tiny_model, tmp_path, plain_run, stage):
     plain_steps, plain_cfg = plain_run
@@ -72,7 +87,7 @@ def test_zero_stage_keeps_plan_and_per_source_metrics(tiny_model, tmp_path, plai
         "bf16": {"enabled": "auto"}, "fp16": {"enabled": "auto"}, "gradient_accumulation_steps": "auto",
         "gradient_clipping": "auto", "train_batch_size": "auto", "train_micro_batch_size_per_gpu": "auto"}))
     cfg_path, cfg = make_workspace(tmp_path, tiny_model, task="chat_template", deepspeed=str(ds_json), **EVAL)
-    log = _train(cfg_path, deepspeed_run=True)
+    log = _train(cfg_path, "deepspeed")
     out = Path(cfg["output_dir"])
 
     assert f"training engine: DeepSpeed ZeRO-{stage}, world size 1" in log
@@ -102,3 +117,34 @@ def test_zero_stage_keeps_plan_and_per_source_metrics(tiny_model, tmp_path, plai
     weights = load_file(out / "adapter_model.safetensors")
     lora_b = [v for k, v in weights.items() if "lora_B" in k]
     assert lora_b and any(float(v.abs().sum()) > 0 for v in lora_b)  # trained, and gathered at save under ZeRO-3
+
+
+def test_two_ddp_ranks_train_consecutive_slices_of_the_plan(tiny_model, tmp_path, plain_run):
+    plain_steps, plain_cfg = plain_run
+    cfg_path, cfg = make_workspace(tmp_path, tiny_model, task="chat_template", **EVAL)
+    log = _train(cfg_path, "ddp")
+    out = Path(cfg["output_dir"])
+
+    assert "training engine: DDP, world size 2" in log
+    # the first rank to take the lock builds the mix, the other loads it
+    assert log.count("building the TELL mix") == 1 and log.count("loading prepared TELL mix") == 1
+    report = json.loads((out / "tell_report.json").read_text())
+    plain_report = json.loads((Path(plain_cfg["output_dir"]) / "tell_report.json").read_text())
+    assert report["plan_sha256"] == plain_report["plan_sha256"]
+
+    # optimizer step k trains planned micro-batches 2k and 2k+1 (rank 0, rank 1): per-source counts summed
+    steps = _steps(log)
+    pairs = [plain_steps[i:i + 2] for i in range(0, len(plain_steps), 2)]
+    assert len(steps) == len(pairs) == -(-report["rows_total"] // (2 * cfg["micro_batch_size"]))
+    expected = [(sum(s[1] for s in p), sum(s[3] for s in p)) for p in pairs]
+    assert [(s[1], s[3]) for s in steps[:-1]] == expected[:-1]
+    # the last global batch is short: accelerate's even_batches fills it with the first planned rows again
+    last, short = (steps[-1][1], steps[-1][3]), report["rows_total"] % (2 * cfg["micro_batch_size"])
+    if short:
+        assert last[0] >= expected[-1][0] and last[1] >= expected[-1][1] and sum(last) > sum(expected[-1])
+    else:
+        assert last == expected[-1]
+    for loss, n_task, task_loss, n_gen, gen_loss in steps:  # the ranks' mean loss vs the pooled per-source losses
+        assert loss == pytest.approx((n_task * task_loss + n_gen * gen_loss) / (n_task + n_gen), abs=0.02)
+    assert re.search(r"'eval_tell/task_loss': '?[0-9.]+", log)
+    assert (out / "adapter_model.safetensors").is_file()
