@@ -73,8 +73,7 @@ class TellPlugin(BasePlugin):
     def post_trainer_create(self, cfg, trainer):
         self.trainer = trainer
         if self.prepared is not None:
-            LOG.info("[axolotl_tell] training engine: %s, world size %d", training_engine(trainer),
-                     int(getattr(trainer.args, "world_size", 1) or 1))
+            LOG.info("[axolotl_tell] training engine: %s", training_engine(trainer))
         if self.prepared is not None and cfg.get("tell_source_metrics") is not False:
             from axolotl_tell.source_metrics import SourceLossMeter, attach
 
@@ -172,14 +171,16 @@ class _GenerateAtEval(TrainerCallback):
 
 
 def training_engine(trainer) -> str:
-    """What wraps the model: ``DeepSpeed ZeRO-<stage>``, ``FSDP<version>``, ``DDP`` or ``single process``."""
+    """What wraps the model and on how many ranks, e.g. ``DeepSpeed ZeRO-3, world size 1`` or ``DDP, world size 2``."""
     state = getattr(getattr(trainer, "accelerator", None), "state", None)
+    world = int(getattr(trainer.args, "world_size", 1) or 1)
     if getattr(trainer, "is_deepspeed_enabled", False):
-        stage = getattr(getattr(state, "deepspeed_plugin", None), "zero_stage", "?")
-        return f"DeepSpeed ZeRO-{stage}"
-    if getattr(trainer, "is_fsdp_enabled", False):
-        return f"FSDP{getattr(getattr(state, 'fsdp_plugin', None), 'fsdp_version', '')}"
-    return "DDP" if int(getattr(trainer.args, "world_size", 1) or 1) > 1 else "single process"
+        engine = f"DeepSpeed ZeRO-{getattr(getattr(state, 'deepspeed_plugin', None), 'zero_stage', '?')}"
+    elif getattr(trainer, "is_fsdp_enabled", False):
+        engine = f"FSDP{getattr(getattr(state, 'fsdp_plugin', None), 'fsdp_version', '')}"
+    else:
+        engine = "DDP" if world > 1 else "single process"
+    return f"{engine}, world size {world}"
 
 
 def _sharded_parameters(cfg) -> bool:
