@@ -16,6 +16,7 @@ from pydantic import BaseModel, Field, model_validator
 from axolotl_tell.plan import SHORTFALL_POLICIES, SPREADS
 
 PLACEMENTS = ("auto", "system", "prefix")
+BUILTIN_METRICS = ("exact_match", "accuracy", "json_fields")
 DEFAULT_GENERAL_RATIO = 50.0
 DEFAULT_SEPARATOR = "\n\n"
 
@@ -121,6 +122,13 @@ class TellArgs(BaseModel):
         },
     )
     tell_eval_max_new_tokens: int | None = Field(default=64)
+    tell_eval_batch_size: int | None = Field(
+        default=None,
+        json_schema_extra={
+            "description": "Prompts generated at once by tell_eval_generate (default: micro_batch_size; halved on "
+            "out-of-memory)."
+        },
+    )
     tell_bake_anchor: bool | None = Field(
         default=False,
         json_schema_extra={"description": "Write the anchor into the saved chat template as the default system prompt."},
@@ -241,9 +249,8 @@ def validate_tell_config(cfg: dict) -> None:
     if tests is not None and (not isinstance(tests, list) or not all(isinstance(e, dict) and e.get("path") for e in tests)):
         _fail("tell_task_test_datasets", "must be a list of dataset entries with a `path`", "write them like `datasets:` entries")
     generate = cfg.get("tell_eval_generate")
-    if generate and generate not in ("exact_match", "accuracy", "json_fields") and "." not in str(generate):
-        _fail("tell_eval_generate", f"unknown metric {generate!r}",
-              "use exact_match, accuracy, json_fields, or a dotted path `package.module.function`")
+    if generate and generate not in BUILTIN_METRICS:
+        _check_metric_importable(str(generate), cfg.get("axolotl_config_path"))
     if generate and not (eval_rows or tests):
         _fail("tell_eval_generate", "there are no task eval rows to generate for",
               "set `tell_task_eval_rows: N` or `tell_task_test_datasets`")
@@ -253,6 +260,9 @@ def validate_tell_config(cfg: dict) -> None:
     max_new = cfg.get("tell_eval_max_new_tokens")
     if max_new is not None and not _int_at_least(max_new, 1):
         _fail("tell_eval_max_new_tokens", f"must be an integer >= 1, got {max_new!r}", "e.g. `tell_eval_max_new_tokens: 64`")
+    gen_batch = cfg.get("tell_eval_batch_size")
+    if gen_batch is not None and not _int_at_least(gen_batch, 1):
+        _fail("tell_eval_batch_size", f"must be an integer >= 1, got {gen_batch!r}", "e.g. `tell_eval_batch_size: 8`")
     for key in ("tell_source_metrics", "tell_bake_anchor"):
         if cfg.get(key) is not None and not isinstance(cfg.get(key), bool):
             _fail(key, f"must be true or false, got {cfg.get(key)!r}", f"write `{key}: true` or `{key}: false`")
@@ -261,12 +271,60 @@ def validate_tell_config(cfg: dict) -> None:
     for key, fix in _UNSUPPORTED_WITH_TELL.items():
         if cfg.get(key):
             _fail(key, "not supported together with TELL", fix)
+    _check_training_paths(cfg)
     if cfg.get("curriculum_sampling") is False:
         _fail("curriculum_sampling", "false would let the trainer reshuffle the planned order",
               "remove the key; the plugin turns it on")
     if cfg.get("sample_packing") and cfg.get("sample_packing_sequentially") is False:
         _fail("sample_packing_sequentially", "false would let the packer reorder the planned rows",
               "remove the key; the plugin turns it on with sample_packing")
+
+
+def _check_training_paths(cfg: dict) -> None:
+    """Axolotl training paths that would undo the plan or break the per-source loss: refused before any data."""
+    if cfg.get("balance_labels"):  # axolotl >= 0.21: replaces the sequential sampler (unpacked) or fails (packed)
+        _fail("balance_labels", "it reorders rows by label and replaces the planned order",
+              "remove `balance_labels`; TELL's even spread already balances task and general rows")
+    metrics_on = cfg.get("tell_source_metrics") is not False
+    if metrics_on and int(cfg.get("context_parallel_size") or 1) > 1:
+        _fail("context_parallel_size", "sequence parallelism splits `labels` across ranks but not the per-token "
+              "source ids of the per-source loss", "set `tell_source_metrics: false` to train with context "
+              "parallelism (the mix and its order are unaffected), or `context_parallel_size: 1`")
+    if metrics_on and cfg.get("do_bench_eval") and _world_size() > 1:
+        _fail("do_bench_eval", "on several ranks Axolotl logs the bench results from rank 0 alone, where the "
+              "per-source metrics would wait for the other ranks", "remove `do_bench_eval`, or set "
+              "`tell_source_metrics: false`")
+
+
+def _world_size() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1") or 1)
+
+
+def _check_metric_importable(name: str, config_path: str | None) -> None:
+    """A dotted ``tell_eval_generate`` is imported now, not after training (where a typo lost the adapter).
+
+    A module next to the config is found too (the `axolotl` command does not put that folder on ``sys.path``):
+    the folder is added, so the run imports the same function later.
+    """
+    import importlib
+    import sys
+
+    if "." not in name:
+        _fail("tell_eval_generate", f"unknown metric {name!r}",
+              "use exact_match, accuracy, json_fields, or a dotted path `package.module.function`")
+    module, _, attr = name.rpartition(".")
+    folders = [os.getcwd()] + ([os.path.dirname(os.path.abspath(config_path))] if config_path else [])
+    for folder in folders:
+        if folder not in sys.path:
+            sys.path.append(folder)
+    try:
+        fn = getattr(importlib.import_module(module), attr)
+    except Exception as err:  # noqa: BLE001 - any import failure is the user's to fix, with its message
+        _fail("tell_eval_generate", f"cannot import {name!r} ({type(err).__name__}: {err})",
+              "give an importable `package.module.function` (a module next to the config or in the working "
+              "directory works), or a built-in metric: exact_match, accuracy, json_fields")
+    if not callable(fn):
+        _fail("tell_eval_generate", f"{name!r} is not a function", "point it at `fn(predictions, references) -> dict`")
 
 
 def _check_task_type(key: str, ds_type) -> None:

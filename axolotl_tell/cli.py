@@ -33,13 +33,13 @@ def preview(args) -> int:
     from axolotl_tell import compat
     from axolotl_tell.plots import TIMELINE_FILE, plot_timeline
     from axolotl_tell.prepare import SOURCE_COLUMN, prepare_tell_datasets
-    from axolotl_tell.report import format_table, write_outputs
+    from axolotl_tell.report import format_table, write_dry_run_report
 
     cfg = _load_cfg(args.config)
     tokenizer = compat.load_tokenizer(cfg)
     prepared = prepare_tell_datasets(cfg, tokenizer)
     report = prepared.report
-    write_outputs(cfg.output_dir, report, cfg)
+    report_path = write_dry_run_report(cfg.output_dir, prepared)  # never overwrites a trained run's files
     print(format_table(report))
     sources = np.asarray(prepared.train_dataset[SOURCE_COLUMN])
     kinds = {s["id"]: s["kind"] for s in report["sources"]}
@@ -54,8 +54,9 @@ def preview(args) -> int:
                   tokenizer.decode(row["input_ids"][cut:]) + "]")
     task_positions = np.flatnonzero([kinds[int(s)] == "task" for s in sources])
     rows_per_step = int(cfg.micro_batch_size or 1) * int(cfg.gradient_accumulation_steps or 1)
-    plot = plot_timeline(Path(cfg.output_dir) / TIMELINE_FILE, task_positions, len(sources), rows_per_step)
-    print(f"\ntimeline plot: {plot}\nreport: {Path(cfg.output_dir) / 'tell_report.json'}")
+    plot_dir = Path(cfg.output_dir) if report_path.parent == Path(cfg.output_dir) else report_path.parent
+    plot = plot_timeline(plot_dir / TIMELINE_FILE, task_positions, len(sources), rows_per_step)
+    print(f"\ntimeline plot: {plot}\nreport: {report_path}")
     return 0
 
 

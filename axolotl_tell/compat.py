@@ -122,3 +122,50 @@ def load_tokenizer(cfg):
     from axolotl.loaders import load_tokenizer as _load
 
     return _load(cfg)
+
+
+def keep_last_partial_pack_batch(trainer) -> None:
+    """Axolotl's multipack sampler drops a last batch of fewer than ``micro_batch_size`` packs (real-batches
+    geometry): with an even spread it can hold task occurrences. Rebuild it with ``drop_last`` off.
+
+    Only for the training sampler; the sampler is recounted (``len``), which every rank does, as Axolotl does.
+    """
+    create = getattr(trainer, "_create_multipack_sampler", None)
+    if create is None:
+        return
+
+    def create_keeping_last(*args, **kwargs):
+        sampler = create(*args, **kwargs)
+        if getattr(sampler, "drop_last", False):
+            sampler.drop_last = False
+            sampler._batches = None
+            sampler._len_across_ranks = None
+            len(sampler)
+        return sampler
+
+    trainer._create_multipack_sampler = create_keeping_last
+
+
+def dataloader_steps(trainer) -> tuple[int, int]:
+    """(optimizer steps, micro-batches) of one pass over the train dataloader the trainer builds, on every path.
+
+    Axolotl's own estimate (``calculate_total_num_steps``) rounds packed runs down and may assume another
+    multipack geometry than the trainer uses; the dataloader is the truth. The micro-batch count is the
+    smallest over ranks, so every rank agrees on the step count.
+    """
+    import math
+
+    import torch
+
+    batches = len(trainer.get_train_dataloader())
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else "cpu"
+        count = torch.tensor([batches], dtype=torch.long, device=device)
+        torch.distributed.all_reduce(count, op=torch.distributed.ReduceOp.MIN)
+        batches = int(count.item())
+    accumulation = max(int(trainer.args.gradient_accumulation_steps or 1), 1)
+    return max(1, math.ceil(batches / accumulation)), batches
+
+
+def set_max_steps(trainer, steps: int) -> None:
+    trainer.args.max_steps = int(steps)

@@ -61,7 +61,10 @@ def general_loss(model, tokenizer, rows: list[dict], batch_size: int = 8) -> flo
 
 
 def resolve_metric(name: str):
-    """A built-in metric name, or a dotted path to ``fn(predictions, references) -> dict``."""
+    """A built-in metric name, or a dotted path to ``fn(predictions, references) -> dict``.
+
+    The config check (``args``) already imported a dotted path when the config loaded; this only looks it up.
+    """
     from axolotl_tell.metrics import METRICS, score
 
     if name in METRICS:
@@ -83,22 +86,25 @@ def generation_eval(model, tokenizer, spec: dict, eval_raw: list[dict], metric: 
 
     Returns (metrics, one record per row: dataset_index, prompt, prediction, reference).
     """
+    score_fn = resolve_metric(metric)  # before generating: a bad metric costs no generation time
     was_training = model.training
     model.eval()
     records, predictions, references = [], [], []
-    for index in sorted({r["dataset_index"] for r in eval_raw}):
-        rows = [r["row"] for r in eval_raw if r["dataset_index"] == index]
-        entry = spec["task_datasets"][index]
-        prompts = prompt_ids_many(spec, tokenizer, rows, index)
-        preds = generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size)
-        refs = [reference_answer(entry, row) for row in rows]
-        for prompt, pred, ref in zip(prompts, preds, refs):
-            records.append({"dataset_index": index, "prompt": tokenizer.decode(prompt), "prediction": pred,
-                            "reference": ref})
-        predictions += preds
-        references += refs
-    if was_training:
-        model.train()
-    result = dict(resolve_metric(metric)(predictions, references))
+    try:
+        for index in sorted({r["dataset_index"] for r in eval_raw}):
+            rows = [r["row"] for r in eval_raw if r["dataset_index"] == index]
+            entry = spec["task_datasets"][index]
+            prompts = prompt_ids_many(spec, tokenizer, rows, index)
+            preds = generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size)
+            refs = [reference_answer(entry, row) for row in rows]
+            for prompt, pred, ref in zip(prompts, preds, refs):
+                records.append({"dataset_index": index, "prompt": tokenizer.decode(prompt), "prediction": pred,
+                                "reference": ref})
+            predictions += preds
+            references += refs
+    finally:  # called mid-training too: the model goes back to training mode whatever happened
+        if was_training:
+            model.train()
+    result = dict(score_fn(predictions, references))
     result["metric"] = metric
     return result, records

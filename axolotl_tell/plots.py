@@ -21,14 +21,24 @@ def _pyplot():
     return plt
 
 
-def task_rows_per_step(task_positions: np.ndarray, total_rows: int, rows_per_step: int) -> np.ndarray:
-    """How many task occurrences each optimizer step sees (unpacked: ``rows_per_step`` rows a step)."""
-    steps = max(1, -(-total_rows // max(rows_per_step, 1)))
-    return np.bincount(np.asarray(task_positions) // max(rows_per_step, 1), minlength=steps)[:steps]
+def task_rows_per_step(task_positions: np.ndarray, total_rows: int, rows_per_step: float) -> np.ndarray:
+    """How many task occurrences each optimizer step sees.
+
+    ``rows_per_step`` is exact unpacked (micro x accumulation x ranks) and the mean for packed runs, whose steps
+    hold a varying number of rows (the run passes planned rows / measured steps).
+    """
+    rows_per_step = max(float(rows_per_step), 1e-9)
+    steps = max(1, int(np.ceil(total_rows / rows_per_step - 1e-9)))
+    index = np.minimum((np.asarray(task_positions) / rows_per_step).astype(np.int64), steps - 1)
+    return np.bincount(index, minlength=steps)[:steps]
 
 
-def plot_timeline(path, task_positions, total_rows: int, rows_per_step: int, title: str = "") -> Path:
-    """Task occurrences per optimizer step, and their cumulative share of the run."""
+def plot_timeline(path, task_positions, total_rows: int, rows_per_step: float, title: str = "",
+                  stopped_at: int | None = None) -> Path:
+    """Task occurrences per optimizer step, and their cumulative share of the run.
+
+    ``stopped_at``: the step where training stopped before the end of the plan (``max_steps``), marked.
+    """
     plt = _pyplot()
     per_step = task_rows_per_step(task_positions, total_rows, rows_per_step)
     steps = np.arange(per_step.size)
@@ -38,7 +48,13 @@ def plot_timeline(path, task_positions, total_rows: int, rows_per_step: int, tit
     top.set_ylabel("task rows")
     top.legend(loc="upper right", fontsize=8)
     top.set_title(title or f"Where the {len(task_positions)} task occurrences fall ({total_rows} rows, "
-                  f"{rows_per_step} rows/step)")
+                  f"{rows_per_step:.4g} rows/step)")
+    if stopped_at is not None:
+        trained = int(per_step[:stopped_at].sum())
+        for axis in (top, bottom):
+            axis.axvline(stopped_at - 0.5, color="tab:red", lw=1.5)
+        top.text(stopped_at - 0.5, per_step.max() if per_step.size else 1, f" training stopped (max_steps): "
+                 f"{trained} of {int(per_step.sum())} task occurrences trained", color="tab:red", fontsize=8, va="top")
     bottom.plot(steps, np.cumsum(per_step) / max(per_step.sum(), 1), color="tab:blue")
     bottom.plot(steps, (steps + 1) / per_step.size, color="gray", lw=1, ls=":", label="ideal (uniform)")
     bottom.set_ylabel("cumulative share")

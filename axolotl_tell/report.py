@@ -107,7 +107,36 @@ def write_json(path: Path, data: dict) -> Path:
     return path
 
 
-def write_outputs(output_dir, report: dict, cfg) -> None:
+def trained_section(report: dict, trained: dict | None, steps_planned: int | None, max_steps) -> dict:
+    """What the run actually trained, next to what it planned (``max_steps`` can stop it early).
+
+    Token counts are the per-source loss's measured supervised tokens (absent with `tell_source_metrics: false`).
+    """
+    steps = trained["steps"] if trained else None
+    section = {"steps": steps, "steps_planned": steps_planned, "max_steps": int(max_steps) if max_steps else None,
+               "complete": bool(steps is not None and steps_planned and steps >= steps_planned)}
+    tokens = (trained or {}).get("supervised_tokens")
+    if tokens:
+        for kind in ("task", "general"):
+            planned = report[kind]["supervised_tokens"]
+            section[f"{kind}_supervised_tokens"] = tokens[kind]
+            section[f"{kind}_share_of_plan"] = round(tokens[kind] / planned, 4) if planned else None
+    return section
+
+
+def write_dry_run_report(output_dir, prepared) -> Path:
+    """``preprocess`` / ``preview``: the mix's report, without ever touching a trained run's files.
+
+    A folder with ``tell.json`` holds a trained run (only training writes it): its report stays; the dry run's
+    report is the one in the prepared folder. Returns where the report is.
+    """
     out = Path(output_dir)
-    write_json(out / REPORT_FILE, report)
-    write_json(out / INFERENCE_FILE, inference_spec(report, cfg))
+    if (out / INFERENCE_FILE).is_file():
+        where = Path(prepared.path) / REPORT_FILE
+        import logging
+
+        logging.getLogger("axolotl.tell").info(
+            "[axolotl_tell] %s holds a trained run (tell.json): its files are left as they are; this dry run's "
+            "report is %s", out, where)
+        return where
+    return write_json(out / REPORT_FILE, prepared.report)

@@ -69,6 +69,8 @@ class SourceIdsCollator:
         self.split = split  # for the record-order debug hook only
 
     def __getattr__(self, name):  # behave like the wrapped collator for everything else
+        if name == "inner":  # unpickled (spawn/forkserver workers): `inner` not set yet, no recursion
+            raise AttributeError(name)
         return getattr(self.inner, name)
 
     def __call__(self, features, return_tensors=None):
@@ -90,6 +92,8 @@ class SourceIdsCollator:
             _record(self.split, recorded)
         batch = self.inner(features) if return_tensors is None else self.inner(features, return_tensors)
         labels = batch["labels"]
+        if labels.shape[0] == 1 and len(per_row) > 1:  # batch_flattening: every example in one [1, T] row
+            per_row = [[source for ids in per_row for source in ids]]
         out = torch.full(labels.shape, -1, dtype=torch.long)
         for row, ids in enumerate(per_row):
             n = min(len(ids), labels.shape[1])
@@ -102,7 +106,15 @@ class SourceIdsCollator:
 
 
 class SourceLossMeter:
-    """Summed token loss and supervised token counts per source kind, for train and eval."""
+    """Summed token loss and supervised token counts per source kind, for train and eval.
+
+    ``sums[split]`` is reset at each logging step; ``trained`` keeps the whole run's train sums (for the
+    report's record of what was actually trained).
+    """
+
+    # Logits rows scored at once by the fallback: bounds its float32 copy (rows x vocab x 4 bytes: 256 rows of a
+    # 128k vocabulary are 128 MiB), so a run that fits thanks to chunked or Liger cross-entropy still fits.
+    SCORE_CHUNK_ROWS = 256
 
     def __init__(self, source_kinds: dict[int, str]):
         size = max(source_kinds) + 1 if source_kinds else 1
@@ -111,37 +123,51 @@ class SourceLossMeter:
             kind_of[source] = KINDS.index(kind)
         self.kind_of = kind_of
         self.sums = {"train": torch.zeros(4, dtype=torch.float64), "eval": torch.zeros(4, dtype=torch.float64)}
+        self.trained = torch.zeros(4, dtype=torch.float64)
+        self.measured = {"train": False, "eval": False}  # a fused loss returns no logits: nothing to report
 
     @torch.no_grad()
     def update(self, logits: torch.Tensor, labels: torch.Tensor, source_ids: torch.Tensor, split: str) -> None:
         """Add one micro-batch: causal shift, supervised positions only, per-token CE in float32.
 
-        Only the logits rows of supervised positions are read (gathered from the contiguous logits, no
-        shifted copy of the whole tensor), and CE is logsumexp - target logit (no log_softmax tensor).
+        Only the logits rows of supervised positions are read, ``SCORE_CHUNK_ROWS`` at a time (no shifted copy
+        of the whole tensor, no float32 copy of it either), and CE is logsumexp - target logit.
         """
         shift_labels = labels[:, 1:]
         rows_b, rows_p = (shift_labels != -100).nonzero(as_tuple=True)
         if rows_b.numel() == 0:
+            self.measured[split] = True
             return
         batch, length, vocab = logits.shape
-        rows = logits.reshape(-1, vocab).index_select(0, rows_b * length + rows_p).float()
+        flat = logits.reshape(-1, vocab)
+        positions = rows_b * length + rows_p
         targets = shift_labels[rows_b, rows_p]
-        token_loss = torch.logsumexp(rows, dim=-1) - rows.gather(1, targets[:, None]).squeeze(1)
+        token_loss = torch.empty(positions.numel(), dtype=torch.float32, device=logits.device)
+        for start in range(0, positions.numel(), self.SCORE_CHUNK_ROWS):
+            part = slice(start, start + self.SCORE_CHUNK_ROWS)
+            rows = flat.index_select(0, positions[part]).float()
+            token_loss[part] = torch.logsumexp(rows, dim=-1) - rows.gather(1, targets[part, None]).squeeze(1)
         sources = source_ids.to(labels.device)[:, 1:][rows_b, rows_p]
         self.add_token_losses(token_loss, targets, sources, split)
 
     @torch.no_grad()
     def add_token_losses(self, token_loss: torch.Tensor, shift_labels: torch.Tensor, shift_sources: torch.Tensor,
                          split: str) -> None:
-        """Add per-token losses already computed for the training loss (flat, aligned with shifted labels)."""
-        keep = (shift_labels != -100) & (shift_sources >= 0)
-        kinds = self.kind_of.to(token_loss.device)[shift_sources[keep]]
-        losses = token_loss[keep]
-        sums = torch.zeros(4, dtype=torch.float64, device=token_loss.device)
-        for k in range(len(KINDS)):
-            mask = kinds == k
-            sums[2 * k] = losses[mask].double().sum()
-            sums[2 * k + 1] = mask.sum()
+        """Add per-token losses already computed for the training loss (flat, aligned with shifted labels).
+
+        Masks and scatter-adds only: no boolean indexing, so no device-to-host sync per micro-batch.
+        """
+        device = token_loss.device
+        kind_of = self.kind_of.to(device)
+        sources = shift_sources.to(device).long()
+        valid = (shift_labels.to(device) != -100) & (sources >= 0)
+        kinds = torch.where(valid, kind_of[sources.clamp(min=0)], -1)
+        valid = valid & (kinds >= 0)
+        slot = torch.where(valid, kinds, len(KINDS))  # invalid tokens go to a discarded extra slot
+        losses = torch.zeros(len(KINDS) + 1, dtype=torch.float64, device=device)
+        losses.scatter_add_(0, slot, torch.where(valid, token_loss.double(), 0.0))
+        counts = torch.bincount(slot, minlength=len(KINDS) + 1).double()
+        sums = torch.stack([losses[:-1], counts[:-1]], dim=1).reshape(-1)  # task loss, task n, general loss, ...
         self._accumulate(split, sums)
 
     def _accumulate(self, split: str, sums: torch.Tensor) -> None:
@@ -149,23 +175,51 @@ class SourceLossMeter:
         if self.sums[split].device != sums.device:
             self.sums[split] = self.sums[split].to(sums.device)
         self.sums[split] += sums
+        self.measured[split] = True
+        if split == "train":
+            if self.trained.device != sums.device:
+                self.trained = self.trained.to(sums.device)
+            self.trained += sums
 
-    def pop(self, split: str) -> dict[str, float]:
-        """Metrics since the last call, summed over ranks; resets the split's sums."""
-        sums = self.sums[split].clone()
+    def pop(self, split: str, replicas: int = 1) -> dict[str, float]:
+        """Metrics since the last call, summed over ranks; resets the split's sums.
+
+        ``replicas``: ranks that see the same tokens (tensor parallel): their copies are not counted twice.
+        Every rank must call this (one all-reduce). Returns {} if nothing was measured (fused loss kernels).
+        """
+        flag = torch.ones(1, dtype=torch.float64) if self.measured[split] else torch.zeros(1, dtype=torch.float64)
+        both = _all_reduce_sum(torch.cat([self.sums[split].cpu(), flag]))
         self.sums[split].zero_()
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else "cpu"
-            sums = sums.to(device)
-            torch.distributed.all_reduce(sums, op=torch.distributed.ReduceOp.SUM)
-        sums = sums.cpu()
+        if not both[-1] > 0:
+            return {}
+        sums = both[:-1] / max(replicas, 1)
         out = {}
         for k, kind in enumerate(KINDS):
-            loss_sum, count = float(sums[2 * k]), int(sums[2 * k + 1])
+            loss_sum, count = float(sums[2 * k]), int(round(float(sums[2 * k + 1])))
             out[f"tell/{kind}_tokens"] = count
             if count:
                 out[f"tell/{kind}_loss"] = loss_sum / count
         return out
+
+    def trained_tokens(self, replicas: int = 1) -> dict[str, int]:
+        """Supervised tokens trained over the whole run, per source kind, summed over ranks (all ranks call)."""
+        sums = _all_reduce_sum(self.trained.clone()) / max(replicas, 1)
+        return {kind: int(round(float(sums[2 * k + 1]))) for k, kind in enumerate(KINDS)}
+
+
+def _distributed() -> bool:
+    return torch.distributed.is_available() and torch.distributed.is_initialized()
+
+
+def _reduce_device():
+    return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else "cpu"
+
+
+def _all_reduce_sum(sums: torch.Tensor) -> torch.Tensor:
+    if _distributed():
+        sums = sums.to(_reduce_device())
+        torch.distributed.all_reduce(sums, op=torch.distributed.ReduceOp.SUM)
+    return sums.cpu()
 
 
 class SourceAwareCausalLMLoss:
@@ -201,16 +255,22 @@ class SourceAwareCausalLMLoss:
         return token_loss.sum() / (shift_labels != ignore_index).sum()
 
 
+def is_stock_causal_lm_loss(fn) -> bool:
+    """transformers' own ``ForCausalLMLoss``, not a replacement patched in under the same name.
+
+    Axolotl's ``chunked_cross_entropy`` rebinds ``transformers.loss.loss_utils.ForCausalLMLoss`` itself, so an
+    identity check against that name would take the chunked loss for the stock one.
+    """
+    return (getattr(fn, "__module__", None) == "transformers.loss.loss_utils"
+            and getattr(fn, "__name__", None) == "ForCausalLMLoss")
+
+
 def install_source_loss(model, meter: SourceLossMeter) -> SourceAwareCausalLMLoss | None:
     """Put :class:`SourceAwareCausalLMLoss` on the transformers model inside ``model`` (PEFT/DeepSpeed unwrapped).
 
-    Only where the model uses transformers' default causal-LM loss; otherwise None (the caller falls back
+    Only where the model uses transformers' stock causal-LM loss; otherwise None (the caller falls back
     to scoring the returned logits).
     """
-    try:
-        from transformers.loss.loss_utils import ForCausalLMLoss
-    except ImportError:  # pragma: no cover - older transformers
-        return None
     inner = model
     for _ in range(4):  # DeepSpeed/DDP `.module`, PEFT `.get_base_model()`
         if hasattr(inner, "get_base_model"):
@@ -219,29 +279,77 @@ def install_source_loss(model, meter: SourceLossMeter) -> SourceAwareCausalLMLos
             inner = inner.module
         else:
             break
-    if getattr(inner, "loss_function", None) is not ForCausalLMLoss:
+    stock = getattr(inner, "loss_function", None)
+    if not is_stock_causal_lm_loss(stock):
         return None
-    loss = SourceAwareCausalLMLoss(meter, ForCausalLMLoss)
+    loss = SourceAwareCausalLMLoss(meter, stock)
     inner.loss_function = loss
     return loss
 
 
-def attach(trainer, meter: SourceLossMeter) -> None:
-    """Wrap the trainer's collators, ``compute_loss`` and ``log`` (instance-level; any trainer class)."""
+def refill_rows(local_batch: int, rows: int, n_rows: int, world: int, rank: int, batch_size: int) -> list[int]:
+    """Rows of a rank's eval micro-batch that accelerate's ``even_batches`` copied from the start of the set.
+
+    accelerate deals the eval batches round-robin (global batch ``k * world + rank`` is this rank's ``k``-th)
+    and fills the last round with the first rows again; a row whose global position is past the set is such a
+    copy. HF drops them from ``eval_loss``; the per-source sums must too.
+    """
+    first = (local_batch * world + rank) * batch_size
+    return [j for j in range(rows) if first + j >= n_rows]
+
+
+class _EvalGeometry:
+    """What :func:`refill_rows` needs about the unpacked eval loader on several ranks, and a batch counter."""
+
+    def __init__(self, n_rows: int, world: int, rank: int, batch_size: int):
+        self.n_rows, self.world, self.rank, self.batch_size = n_rows, world, rank, batch_size
+        self.batch = 0
+
+    def mask_refills(self, source_ids: torch.Tensor) -> torch.Tensor:
+        copies = refill_rows(self.batch, source_ids.shape[0], self.n_rows, self.world, self.rank, self.batch_size)
+        self.batch += 1
+        if copies:
+            source_ids = source_ids.clone()
+            source_ids[copies] = -1
+        return source_ids
+
+
+def _eval_geometry(trainer) -> _EvalGeometry | None:
+    """Unpacked eval on several ranks (the only case with refilled copies), else None."""
+    args = trainer.args
+    world = int(getattr(args, "world_size", 1) or 1)
+    packed_eval = getattr(args, "sample_packing", False) and getattr(args, "eval_sample_packing", None) is not False
+    dataset = getattr(trainer, "eval_dataset", None)
+    if world <= 1 or packed_eval or dataset is None or isinstance(dataset, dict):
+        return None
+    return _EvalGeometry(len(dataset), world, int(args.process_index), int(args.per_device_eval_batch_size))
+
+
+def attach(trainer, meter: SourceLossMeter, *, keep_model_loss: bool = False, replicas: int = 1) -> None:
+    """Wrap the trainer's collators, ``compute_loss``, ``evaluate`` and ``log`` (instance-level; any trainer class).
+
+    ``keep_model_loss``: the user chose a memory-saving loss (chunked / Liger / cut cross-entropy): leave it in
+    place and score the returned logits in bounded chunks. ``replicas``: ranks that see the same tokens.
+    """
     trainer.data_collator = SourceIdsCollator(trainer.data_collator)
     if getattr(trainer, "eval_data_collator", None) is not None:
         trainer.eval_data_collator = SourceIdsCollator(trainer.eval_data_collator, split="eval")
-    compute_loss, log = trainer.compute_loss, trainer.log
+    compute_loss, log, evaluate = trainer.compute_loss, trainer.log, trainer.evaluate
     warned = []
-    source_loss = install_source_loss(trainer.model, meter)
+    source_loss = None if keep_model_loss else install_source_loss(trainer.model, meter)
     LOG.info("[axolotl_tell] per-source loss: %s", "from the training loss's per-token cross-entropy"
-             if source_loss is not None else "from the returned logits (the model has its own loss function)")
+             if source_loss is not None else "from the returned logits, scored in chunks (the model keeps its own "
+             "loss function)")
+    geometry = _eval_geometry(trainer)
 
     def compute_loss_with_sources(model, inputs, return_outputs=False, **kwargs):
         source_ids = inputs.pop(SOURCE_IDS, None)
         if source_ids is None:
             return compute_loss(model, inputs, return_outputs=return_outputs, **kwargs)
         split = "train" if model.training else "eval"
+        if split == "eval" and geometry is not None:
+            source_ids = geometry.mask_refills(source_ids)
+        labels = inputs.get("labels")  # a compute_loss_func or label smoothing pops them from `inputs`
         if source_loss is not None:
             source_loss.pending = (source_ids, split)
         loss, outputs = compute_loss(model, inputs, return_outputs=True, **kwargs)
@@ -250,19 +358,38 @@ def attach(trainer, meter: SourceLossMeter) -> None:
         if source_loss is not None:
             source_loss.pending = None
         logits = getattr(outputs, "logits", None) if not isinstance(outputs, dict) else outputs.get("logits")
-        if logits is None or logits.dim() != 3:
+        if logits is None or logits.dim() != 3 or labels is None:
             if not warned:
-                LOG.warning("[axolotl_tell] the model returned no logits (fused loss kernel?): per-source loss is off")
+                LOG.warning("[axolotl_tell] the model returned no logits (fused loss kernel?): tell/* per-source "
+                            "metrics are not logged")
                 warned.append(True)
         else:
-            meter.update(logits.detach(), inputs["labels"], source_ids, split)
+            meter.update(logits.detach(), labels, source_ids, split)
         return (loss, outputs) if return_outputs else loss
 
+    def evaluate_even(*args, **kwargs):
+        # Packed training leaves accelerate's even_batches off; unpacked eval needs it, or ranks get different
+        # numbers of eval batches and the evaluation loop's per-step gathers hang. Its copies are masked above.
+        accelerator = getattr(trainer, "accelerator", None)
+        previous = getattr(accelerator, "even_batches", None)
+        if geometry is not None:
+            geometry.batch = 0
+            accelerator.even_batches = True
+        try:
+            return evaluate(*args, **kwargs)
+        finally:
+            if geometry is not None:
+                accelerator.even_batches = previous
+
     def log_with_sources(logs, *args, **kwargs):
-        split = "eval" if any(key.startswith("eval_") for key in logs) else "train"
-        prefix = "eval_" if split == "eval" else ""
-        logs.update({prefix + key: value for key, value in meter.pop(split).items()})
+        # Only the trainer's own loss logs, which every rank reaches: other logs (bench eval, causal-LM
+        # metrics) come from rank 0 alone, where an all-reduce would wait for the others forever.
+        split = "eval" if "eval_loss" in logs else "train" if "loss" in logs else None
+        if split is not None:
+            prefix = "eval_" if split == "eval" else ""
+            logs.update({prefix + key: value for key, value in meter.pop(split, replicas).items()})
         return log(logs, *args, **kwargs)
 
     trainer.compute_loss = compute_loss_with_sources
+    trainer.evaluate = evaluate_even
     trainer.log = log_with_sources

@@ -224,7 +224,7 @@ def _prepare(load_cfg, root: Path, model: Path, **kw):
 
 def test_auto_anchor_is_generated_once_then_reused(load_cfg, tiny_model, tmp_path, fake_generation):
     from axolotl_tell.prepare import SOURCE_COLUMN
-    from axolotl_tell.report import write_outputs
+    from axolotl_tell.report import inference_spec
 
     model = Path(shutil.copytree(tiny_model, tmp_path / "model"))
     cfg, tok, first = _prepare(load_cfg, tmp_path, model)
@@ -236,11 +236,9 @@ def test_auto_anchor_is_generated_once_then_reused(load_cfg, tiny_model, tmp_pat
     # the generated anchor is the prompt of every task row
     task_rows = [r for r in first.train_dataset if r[SOURCE_COLUMN] == 1]
     assert task_rows and all(GOOD in tok.decode(r["input_ids"]) for r in task_rows)
-    # written for review and inference
-    write_outputs(cfg.output_dir, first.report, cfg)
-    for name in ("tell_report.json", "tell.json"):
-        saved = json.loads((Path(cfg.output_dir) / name).read_text())["anchor"]
-        assert (saved["text"], saved["source"]) == (GOOD, "auto"), name
+    # what the report and the inference spec (tell.json) will say
+    for saved in (first.report["anchor"], inference_spec(first.report, cfg)["anchor"]):
+        assert (saved["text"], saved["source"]) == (GOOD, "auto")
     cached = list((tmp_path / "prepared").glob("tell-anchor-*.json"))
     assert len(cached) == 1 and json.loads(cached[0].read_text())["anchor"] == GOOD
 

@@ -12,6 +12,19 @@ from axolotl_tell import cli
 from axolotl_tell.prepare import SOURCE_COLUMN
 
 
+def _as_trained(path, cfg) -> dict:
+    """What `axolotl train` leaves next to the adapter: tell.json (preview and preprocess never write it)."""
+    from pathlib import Path
+
+    from axolotl_tell.report import INFERENCE_FILE, inference_spec, write_json
+
+    loaded = cli._load_cfg(str(path))
+    report = json.loads((Path(cfg["output_dir"]) / "tell_report.json").read_text())
+    spec = inference_spec(report, loaded)
+    write_json(Path(cfg["output_dir"]) / INFERENCE_FILE, spec)
+    return spec
+
+
 @pytest.fixture()
 def workspace(tiny_model, tmp_path):
     path, cfg = make_workspace(tmp_path, tiny_model, task="chat_template")
@@ -36,6 +49,7 @@ def test_infer_show_prompt_reproduces_the_training_prompt_token_for_token(worksp
 
     path, cfg = workspace
     cli.main(["preview", str(path)])
+    _as_trained(path, cfg)
     capsys.readouterr()
     task_file = cfg["tell_task_datasets"][0]["path"]
     first = json.loads(open(task_file).readline())
@@ -60,6 +74,7 @@ def test_bake_makes_the_anchor_the_default_system_turn(workspace, capsys):
 
     path, cfg = workspace
     cli.main(["preview", str(path)])
+    _as_trained(path, cfg)
     out = Path(cfg["output_dir"])
     AutoTokenizer.from_pretrained(cfg["base_model"]).save_pretrained(out)  # what training leaves there
     assert cli.main(["bake", str(path)]) == 0
@@ -76,5 +91,28 @@ def test_bake_makes_the_anchor_the_default_system_turn(workspace, capsys):
 def test_bake_refuses_prefix_placement(tiny_model, tmp_path):
     path, cfg = make_workspace(tmp_path, tiny_model, task="alpaca")
     cli.main(["preview", str(path)])
+    _as_trained(path, cfg)
     with pytest.raises(ValueError, match="placed as"):
         cli.main(["bake", str(path)])
+
+
+def test_preview_never_rewrites_a_trained_runs_files(workspace, capsys):
+    """Train with anchor A, edit the config to anchor B, preview: the run's tell.json and report still say A."""
+    from pathlib import Path
+
+    import yaml
+
+    path, cfg = workspace
+    cli.main(["preview", str(path)])
+    trained_spec = _as_trained(path, cfg)
+    out = Path(cfg["output_dir"])
+    trained_report = (out / "tell_report.json").read_text()
+    assert not (out / "tell.json").read_text().count("anchor B")
+    path.write_text(yaml.safe_dump({**cfg, "tell_anchor": "anchor B: something else entirely"}, sort_keys=False))
+    capsys.readouterr()
+    assert cli.main(["preview", str(path)]) == 0
+    printed = capsys.readouterr().out
+    assert json.loads((out / "tell.json").read_text()) == json.loads(json.dumps(trained_spec))
+    assert (out / "tell_report.json").read_text() == trained_report
+    report_line = re.search(r"report: (\S+)", printed).group(1)
+    assert Path(report_line).parent != out and "anchor B" in Path(report_line).read_text()

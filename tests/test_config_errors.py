@@ -33,6 +33,13 @@ CASES = [
     ("packing reorder", {"sample_packing": True, "sample_packing_sequentially": False}, "sample_packing_sequentially"),
     ("streaming", {"streaming": True}, "streaming"),
     ("group_by_length", {"group_by_length": True}, "group_by_length"),
+    # training paths that would undo the plan or break the per-source loss (issue 10)
+    ("balance_labels", {"balance_labels": True}, "balance_labels"),
+    ("context parallel", {"context_parallel_size": 2}, "context_parallel_size"),
+    ("metric typo", {"tell_task_eval_rows": 2, "tell_eval_generate": "tiny.lenght_metric"}, "tell_eval_generate"),
+    ("metric module missing", {"tell_task_eval_rows": 2, "tell_eval_generate": "no_such_pkg.score"},
+     "tell_eval_generate"),
+    ("generation batch", {"tell_eval_batch_size": 0}, "tell_eval_batch_size"),
 ]
 
 
@@ -84,3 +91,26 @@ def test_anchor_file_is_read(load_cfg, tiny_model, tmp_path):
     path.write_text(yaml.safe_dump(cfg))
     anchor = resolve_anchor(load_cfg(str(path)))
     assert (anchor.text, anchor.source) == ("Anchor from a file.", "file")
+
+
+def test_bench_eval_on_several_ranks_is_refused(load_cfg, tiny_model, tmp_path, monkeypatch):
+    """`do_bench_eval` logs from rank 0 alone; the per-source all-reduce would wait there for the others."""
+    path, cfg = make_workspace(tmp_path, tiny_model, do_bench_eval=True)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(Exception, match=r"do_bench_eval.*Fix:"):
+        load_cfg(str(path))
+
+
+def test_a_metric_next_to_the_config_is_imported_when_the_config_loads(load_cfg, tiny_model, tmp_path, monkeypatch):
+    """A dotted metric in a module beside the config works under `axolotl` (not on sys.path by itself)."""
+    import sys
+
+    (tmp_path / "my_task_metric.py").write_text("def score(predictions, references):\n    return {'n': len(predictions)}\n")
+    path, cfg = make_workspace(tmp_path, tiny_model, tell_task_eval_rows=2,
+                               tell_eval_generate="my_task_metric.score")
+    monkeypatch.chdir("/")
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    loaded = load_cfg(str(path))
+    from axolotl_tell.evaluate import resolve_metric
+
+    assert resolve_metric(loaded.tell_eval_generate)(["a"], ["b"]) == {"n": 1}

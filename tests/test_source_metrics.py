@@ -107,7 +107,7 @@ def test_train_and_eval_sums_are_kept_apart():
     logits = torch.zeros(1, 3, 5)
     labels = torch.tensor([[-100, 2, 3]])
     meter.update(logits, labels, torch.tensor([[1, 1, 1]]), "eval")
-    assert meter.pop("train") == {"tell/task_tokens": 0, "tell/general_tokens": 0}
+    assert meter.pop("train") == {}  # nothing measured on train: nothing logged (not zeros that look measured)
     got = meter.pop("eval")
     assert got["tell/task_tokens"] == 2 and math.isclose(got["tell/task_loss"], math.log(5), rel_tol=1e-6)
 
@@ -151,3 +151,151 @@ def test_source_aware_loss_equals_the_default_loss_and_counts_sources(model_and_
     again = patched(**batch, **kwargs)
     assert torch.allclose(again.loss, want.loss, rtol=1e-6, atol=1e-7)
     assert meter.pop("train")["tell/task_tokens"] == 0
+
+
+# --- GPU-path defects found by reading Axolotl/transformers/accelerate (issue 10), shown on CPU ---
+
+
+def test_batch_flattening_collator_gets_one_row_of_source_ids(model_and_tokenizer):
+    """`batch_flattening`: transformers' flattening collator returns one [1, T] row for the whole micro-batch."""
+    from transformers import DataCollatorWithFlattening
+
+    _, tok = model_and_tokenizer
+    rows = _rows(tok)
+    for r in rows:
+        r.pop("position_ids"), r.pop("attention_mask")
+    batch = SourceIdsCollator(DataCollatorWithFlattening(return_tensors="pt"))([dict(r) for r in rows])
+    assert batch["input_ids"].shape[0] == 1
+    want = [r["tell_source"] for r in rows for _ in r["input_ids"]]
+    assert batch[SOURCE_IDS].tolist() == [want]
+
+
+def test_collator_wrapper_survives_pickling():
+    """Spawn/forkserver dataloader workers unpickle the collator: `__getattr__` must not recurse."""
+    import copy
+    import pickle
+
+    from transformers import DataCollatorWithFlattening
+
+    wrapped = SourceIdsCollator(DataCollatorWithFlattening(return_tensors="pt"), split="eval")
+    again = pickle.loads(pickle.dumps(wrapped))
+    assert again.split == "eval" and isinstance(again.inner, DataCollatorWithFlattening)
+    assert copy.deepcopy(wrapped).split == "eval"
+
+
+class _FakeTrainer:
+    """The trainer surface `attach` wraps; `compute_loss` pops `labels` as a compute_loss_func / label smoother does."""
+
+    def __init__(self, model, logs):
+        from types import SimpleNamespace
+
+        self.model, self.logs = model, logs
+        self.data_collator = lambda features: features
+        self.args = SimpleNamespace(world_size=1, process_index=0, per_device_eval_batch_size=1)
+
+    def compute_loss(self, model, inputs, return_outputs=False, **kwargs):
+        labels = inputs.pop("labels")
+        out = model(input_ids=inputs["input_ids"])
+        loss = torch.nn.functional.cross_entropy(out.logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten(),
+                                                 ignore_index=-100)
+        return (loss, out) if return_outputs else loss
+
+    def log(self, logs, *args, **kwargs):
+        self.logs.append(dict(logs))
+
+    def evaluate(self, *args, **kwargs):
+        return {}
+
+
+def test_per_source_loss_reads_labels_before_a_loss_function_pops_them(model_and_tokenizer):
+    from axolotl_tell.source_metrics import attach
+
+    model, _ = model_and_tokenizer
+    logs = []
+    trainer = _FakeTrainer(model, logs)
+    meter = SourceLossMeter(KINDS)
+    attach(trainer, meter, keep_model_loss=True)
+    ids = torch.tensor([[5, 6, 7, 8]])
+    inputs = {"input_ids": ids, "labels": torch.tensor([[-100, 6, 7, 8]]), SOURCE_IDS: torch.tensor([[1, 1, 1, 1]])}
+    model.train()
+    try:
+        trainer.compute_loss(model, inputs)
+    finally:
+        model.eval()
+    trainer.log({"loss": 1.0})
+    assert logs[-1]["tell/task_tokens"] == 3 and "tell/task_loss" in logs[-1]
+
+
+def test_only_the_trainers_own_loss_logs_carry_per_source_metrics(model_and_tokenizer):
+    """Bench eval and causal-LM eval log from rank 0 alone: all-reducing there would deadlock the other ranks."""
+    from axolotl_tell.source_metrics import attach
+
+    model, _ = model_and_tokenizer
+    logs = []
+    trainer = _FakeTrainer(model, logs)
+    meter = SourceLossMeter(KINDS)
+    attach(trainer, meter, keep_model_loss=True)
+    pops = []
+    meter.pop = lambda split, replicas=1: pops.append(split) or {}
+    trainer.log({"eval_bench_loss": 0.5, "eval_bench_accuracy_mmlu": 0.3})  # do_bench_eval's log
+    trainer.log({"eval_sacrebleu": 12.0})  # do_causal_lm_eval's log
+    assert pops == []
+    trainer.log({"eval_loss": 1.0})
+    trainer.log({"loss": 1.0, "learning_rate": 1e-4})
+    assert pops == ["eval", "train"]
+
+
+@pytest.mark.parametrize("n_rows,world,batch", [(3, 2, 1), (5, 2, 2), (7, 3, 2), (8, 2, 2), (1, 2, 4), (10, 4, 3)])
+def test_refilled_eval_rows_are_exactly_accelerates_even_batches_copies(n_rows, world, batch):
+    """accelerate's own sharding with even_batches: the rows `refill_rows` masks are exactly the repeated ones."""
+    from accelerate.data_loader import BatchSamplerShard
+    from torch.utils.data import BatchSampler, SequentialSampler
+
+    from axolotl_tell.source_metrics import refill_rows
+
+    kept = []
+    for rank in range(world):
+        shard = BatchSamplerShard(BatchSampler(SequentialSampler(range(n_rows)), batch, False),
+                                  num_processes=world, process_index=rank, even_batches=True)
+        for k, indices in enumerate(shard):
+            copies = set(refill_rows(k, len(indices), n_rows, world, rank, batch))
+            kept += [index for j, index in enumerate(indices) if j not in copies]
+    assert sorted(kept) == list(range(n_rows))  # every row once, no copy counted
+
+
+def test_axolotls_chunked_cross_entropy_is_kept(model_and_tokenizer):
+    """`chunked_cross_entropy` rebinds transformers' ForCausalLMLoss; the per-source loss must not replace it."""
+    import transformers.loss.loss_utils as loss_utils
+    from axolotl.monkeypatch.loss.chunked import patch_chunked_ce_loss_fn
+    from transformers import AutoModelForCausalLM
+
+    from axolotl_tell.source_metrics import install_source_loss
+
+    saved = (loss_utils.ForCausalLMLoss, loss_utils.LOSS_MAPPING["ForCausalLM"])
+    try:
+        patch_chunked_ce_loss_fn()
+        model = AutoModelForCausalLM.from_pretrained(model_and_tokenizer[0].name_or_path)
+        chunked = model.loss_function
+        assert chunked.__name__ != "ForCausalLMLoss"
+        assert install_source_loss(model, SourceLossMeter(KINDS)) is None
+        assert model.loss_function is chunked
+    finally:
+        loss_utils.ForCausalLMLoss, loss_utils.LOSS_MAPPING["ForCausalLM"] = saved
+
+
+def test_logits_fallback_scores_in_bounded_chunks(model_and_tokenizer):
+    """The fallback's float32 copy is SCORE_CHUNK_ROWS rows at a time, with the same sums as one pass."""
+    torch.manual_seed(0)
+    logits = torch.randn(2, 9, 11, dtype=torch.bfloat16)
+    labels = torch.randint(0, 11, (2, 9))
+    labels[0, :3] = -100
+    sources = torch.tensor([[1] * 9, [0] * 5 + [2] * 4])
+    whole, chunked = SourceLossMeter(KINDS), SourceLossMeter(KINDS)
+    whole.SCORE_CHUNK_ROWS = 10_000
+    chunked.SCORE_CHUNK_ROWS = 3
+    whole.update(logits, labels, sources, "train")
+    chunked.update(logits, labels, sources, "train")
+    a, b = whole.pop("train"), chunked.pop("train")
+    assert a.keys() == b.keys() and a["tell/task_tokens"] == 6 and a["tell/general_tokens"] == 8
+    for key in a:
+        assert math.isclose(a[key], b[key], rel_tol=1e-6), key

@@ -1,0 +1,177 @@
+"""What the plugin sets on the trainer Axolotl built: exact step count, per-source loss, callbacks.
+
+Everything here runs on every rank (some of it all-reduces); only file writes are limited to the main process.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+
+from transformers import TrainerCallback
+
+from axolotl_tell import compat
+from axolotl_tell.report import INFERENCE_FILE, write_json
+
+LOG = logging.getLogger("axolotl.tell")
+EVAL_STEPS_FILE = "tell_eval_steps.jsonl"
+
+# Axolotl keys that choose a memory-saving loss: the per-source loss must not replace it with a full float32 CE.
+MEMORY_SAVING_LOSS_KEYS = ("chunked_cross_entropy", "liger_cross_entropy", "liger_fused_linear_cross_entropy",
+                           "cut_cross_entropy")
+
+
+def prepare_trainer(plugin, cfg, trainer) -> None:
+    plugin.trainer = trainer
+    LOG.info("[axolotl_tell] training engine: %s", training_engine(trainer))
+    if cfg.sample_packing:
+        compat.keep_last_partial_pack_batch(trainer)
+    _set_exact_steps(plugin, cfg, trainer)
+    if cfg.get("tell_source_metrics") is not False:
+        from axolotl_tell.source_metrics import SourceLossMeter, attach
+
+        plugin.meter = SourceLossMeter(plugin.source_kinds)
+        plugin.meter_replicas = int(cfg.get("tensor_parallel_size") or 1)  # TP ranks see the same tokens
+        keep = [key for key in MEMORY_SAVING_LOSS_KEYS if cfg.get(key)]
+        attach(trainer, plugin.meter, keep_model_loss=bool(keep), replicas=plugin.meter_replicas)
+    trainer.add_callback(_RecordTrained(plugin))
+    trainer.add_callback(_SpecIntoCheckpoints(plugin, cfg))
+    if cfg.get("tell_eval_generate") and plugin.prepared.eval_raw:
+        if sharded_parameters(cfg, trainer):
+            LOG.warning("[axolotl_tell] tell_eval_generate skipped: with ZeRO-3/FSDP the parameters are sharded and "
+                        "generating on one rank would hang. Run `axolotl-tell infer` on the saved adapter.")
+        else:
+            trainer.add_callback(_GenerateAtEval(plugin, cfg))
+
+
+def _set_exact_steps(plugin, cfg, trainer) -> None:
+    """max_steps = what the dataloader yields (every planned row), unless the user set a smaller max_steps."""
+    steps, batches = compat.dataloader_steps(trainer)
+    plugin.steps_planned = steps
+    user = int(cfg.get("max_steps") or 0)
+    if user and user < steps:
+        if int(os.environ.get("RANK", "0")) == 0:
+            LOG.warning("[axolotl_tell] WARNING: `max_steps: %d` stops the run at step %d of the %d planned steps: "
+                        "only about %.0f%% of the plan (and of its task occurrences, spread through it) will be "
+                        "trained. tell_report.json's `trained` section will say what was. Fix: remove `max_steps` "
+                        "and size the run with `tell_task_repeats` / `tell_general_ratio`.",
+                        user, user, steps, 100.0 * user / steps)
+        return
+    if user and user > steps:
+        LOG.warning("[axolotl_tell] `max_steps: %d` is more than the planned epoch (%d steps); the run stops after "
+                    "the plan (num_epochs is 1).", user, steps)
+    compat.set_max_steps(trainer, steps)
+    LOG.info("[axolotl_tell] %d optimizer steps: %d micro-batches of the planned order, gradient accumulation %d",
+             steps, batches, int(trainer.args.gradient_accumulation_steps or 1))
+
+
+def training_engine(trainer) -> str:
+    """What wraps the model and on how many ranks, e.g. ``DeepSpeed ZeRO-3, world size 1`` or ``DDP, world size 2``."""
+    state = getattr(getattr(trainer, "accelerator", None), "state", None)
+    world = int(getattr(trainer.args, "world_size", 1) or 1)
+    if getattr(trainer, "is_deepspeed_enabled", False):
+        engine = f"DeepSpeed ZeRO-{_zero_stage(trainer)}"
+    elif getattr(trainer, "is_fsdp_enabled", False):
+        engine = f"FSDP{getattr(getattr(state, 'fsdp_plugin', None), 'fsdp_version', '')}"
+    else:
+        engine = "DDP" if world > 1 else "single process"
+    return f"{engine}, world size {world}"
+
+
+def _zero_stage(trainer):
+    state = getattr(getattr(trainer, "accelerator", None), "state", None)
+    return getattr(getattr(state, "deepspeed_plugin", None), "zero_stage", "?")
+
+
+def sharded_parameters(cfg, trainer=None) -> bool:
+    """ZeRO-3, FSDP or tensor parallelism: no single rank holds the whole model.
+
+    The trainer knows what accelerate actually set up (an accelerate config or environment can turn these on
+    without a YAML key); the YAML is the fallback.
+    """
+    if trainer is not None:
+        if getattr(trainer, "is_fsdp_enabled", False):
+            return True
+        if getattr(trainer, "is_deepspeed_enabled", False) and _zero_stage(trainer) == 3:
+            return True
+    if int(cfg.get("tensor_parallel_size") or 1) > 1 or cfg.get("fsdp") or cfg.get("fsdp_config"):
+        return True
+    if os.environ.get("ACCELERATE_USE_FSDP", "").lower() in ("1", "true"):
+        return True
+    if os.environ.get("ACCELERATE_DEEPSPEED_ZERO_STAGE") == "3":
+        return True
+    ds = cfg.get("deepspeed")
+    if isinstance(ds, str) and Path(ds).is_file():
+        ds = json.loads(Path(ds).read_text())
+    return isinstance(ds, dict) and (ds.get("zero_optimization") or {}).get("stage") == 3
+
+
+class _RecordTrained(TrainerCallback):
+    """At the end of training, on every rank (it all-reduces): the steps and supervised tokens actually trained."""
+
+    def __init__(self, plugin):
+        self.plugin = plugin
+
+    def on_train_end(self, args, state, control, **kwargs):
+        tokens = self.plugin.meter.trained_tokens(self.plugin.meter_replicas) if self.plugin.meter is not None \
+            else None
+        self.plugin.trained = {"steps": int(state.global_step), "supervised_tokens": tokens}
+
+
+class _SpecIntoCheckpoints(TrainerCallback):
+    """Each saved checkpoint gets the run's tell.json, so `infer --adapter CHECKPOINT` builds the trained prompt."""
+
+    def __init__(self, plugin, cfg):
+        self.plugin, self.cfg = plugin, cfg
+
+    def on_save(self, args, state, control, **kwargs):
+        if not state.is_local_process_zero:
+            return
+        folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        if folder.is_dir():
+            try:
+                write_json(folder / INFERENCE_FILE, self.plugin.spec)
+            except OSError as err:  # a checkpoint's extra file must never fail the run
+                LOG.warning("[axolotl_tell] could not write %s: %s", folder / INFERENCE_FILE, err)
+
+
+class _GenerateAtEval(TrainerCallback):
+    """At each evaluation, on the main rank: generation metrics on the task eval rows -> tell_eval_steps.jsonl.
+
+    Written to a file (and the log), not through the trainer's loggers: those would need every rank. A failure
+    (out of memory, a metric's bug) is logged and skipped: it must never stop the training run.
+    """
+
+    def __init__(self, plugin, cfg):
+        self.plugin, self.cfg = plugin, cfg
+        self.tokenizer = None
+
+    def on_evaluate(self, args, state, control, model=None, **kwargs):
+        if model is None or not state.is_world_process_zero:
+            return
+        from axolotl_tell.evaluate import generation_eval
+
+        try:
+            if self.tokenizer is None:
+                self.tokenizer = compat.load_tokenizer(self.cfg)
+            metrics, _ = generation_eval(model, self.tokenizer, self.plugin.spec, self.plugin.prepared.eval_raw,
+                                         self.cfg.tell_eval_generate, max_new_tokens=self.cfg.get(
+                                             "tell_eval_max_new_tokens") or 64,
+                                         batch_size=generation_batch_size(self.cfg))
+        except Exception as err:  # noqa: BLE001 - logged; training goes on
+            LOG.error("[axolotl_tell] step %d task generation eval failed, skipped (training goes on): %s: %s",
+                      state.global_step, type(err).__name__, err)
+            return
+        record = {"step": state.global_step, **{k: v for k, v in metrics.items() if isinstance(v, (int, float, str))}}
+        out = Path(self.cfg.output_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        with open(out / EVAL_STEPS_FILE, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+        LOG.info("[axolotl_tell] step %d task generation eval: %s", state.global_step, record)
+
+
+def generation_batch_size(cfg) -> int:
+    """Prompts generated at once: `tell_eval_batch_size`, else the training micro-batch (which fit with gradients)."""
+    return int(cfg.get("tell_eval_batch_size") or cfg.get("micro_batch_size") or 1)
