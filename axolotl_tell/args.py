@@ -290,14 +290,6 @@ def _check_training_paths(cfg: dict) -> None:
         _fail("context_parallel_size", "sequence parallelism splits `labels` across ranks but not the per-token "
               "source ids of the per-source loss", "set `tell_source_metrics: false` to train with context "
               "parallelism (the mix and its order are unaffected), or `context_parallel_size: 1`")
-    if metrics_on and cfg.get("do_bench_eval") and _world_size() > 1:
-        _fail("do_bench_eval", "on several ranks Axolotl logs the bench results from rank 0 alone, where the "
-              "per-source metrics would wait for the other ranks", "remove `do_bench_eval`, or set "
-              "`tell_source_metrics: false`")
-
-
-def _world_size() -> int:
-    return int(os.environ.get("WORLD_SIZE", "1") or 1)
 
 
 def _check_metric_importable(name: str, config_path: str | None) -> None:

@@ -93,14 +93,6 @@ def test_anchor_file_is_read(load_cfg, tiny_model, tmp_path):
     assert (anchor.text, anchor.source) == ("Anchor from a file.", "file")
 
 
-def test_bench_eval_on_several_ranks_is_refused(load_cfg, tiny_model, tmp_path, monkeypatch):
-    """`do_bench_eval` logs from rank 0 alone; the per-source all-reduce would wait there for the others."""
-    path, cfg = make_workspace(tmp_path, tiny_model, do_bench_eval=True)
-    monkeypatch.setenv("WORLD_SIZE", "2")
-    with pytest.raises(Exception, match=r"do_bench_eval.*Fix:"):
-        load_cfg(str(path))
-
-
 def test_a_metric_next_to_the_config_is_imported_when_the_config_loads(load_cfg, tiny_model, tmp_path, monkeypatch):
     """A dotted metric in a module beside the config works under `axolotl` (not on sys.path by itself)."""
     import sys

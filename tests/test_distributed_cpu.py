@@ -45,7 +45,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _train(cfg_path: Path, mode: str = "plain") -> str:
+def _train(cfg_path: Path, mode: str = "plain", timeout: int = 600) -> str:
     """``plain``: ``axolotl train``; ``deepspeed``: one process under DeepSpeed; ``ddp``: two ranks (torchrun)."""
     bin_dir = Path(sys.executable).parent
     env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
@@ -59,7 +59,7 @@ def _train(cfg_path: Path, mode: str = "plain") -> str:
                "--master_port", str(_free_port()), str(LAUNCHER), str(cfg_path)]
     else:
         cmd = [str(bin_dir / "axolotl"), "train", str(cfg_path)]
-    proc = subprocess.run(cmd, cwd=cfg_path.parent, env=env, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(cmd, cwd=cfg_path.parent, env=env, capture_output=True, text=True, timeout=timeout)
     log = proc.stdout + proc.stderr
     assert proc.returncode == 0, log[-4000:]
     return log
@@ -148,3 +148,21 @@ def test_two_ddp_ranks_train_consecutive_slices_of_the_plan(tiny_model, tmp_path
         assert loss == pytest.approx((n_task * task_loss + n_gen * gen_loss) / (n_task + n_gen), abs=0.02)
     assert re.search(r"'eval_tell/task_loss': '?[0-9.]+", log)
     assert (out / "adapter_model.safetensors").is_file()
+
+
+def test_two_ranks_packed_training_with_an_odd_task_eval_set(tiny_model, tmp_path):
+    """Packed training leaves accelerate's even_batches off; the unpacked task eval set of 3 rows then gave the
+    ranks 2 and 1 eval batches and the evaluation loop's gathers hung. With even_batches on for eval, the copy
+    accelerate adds must not be counted: `eval_tell/task_tokens` is exactly the eval rows' supervised tokens."""
+    from datasets import load_from_disk
+
+    cfg_path, cfg = make_workspace(tmp_path, tiny_model, task="chat_template", sample_packing=True,
+                                   tell_task_eval_rows=3, eval_steps=4, micro_batch_size=1, eval_batch_size=1)
+    log = _train(cfg_path, "ddp", timeout=300)  # the hang showed as this timeout
+    report = json.loads((Path(cfg["output_dir"]) / "tell_report.json").read_text())
+    eval_rows = load_from_disk(report["prepared_path"] + "/task_eval")
+    assert len(eval_rows) == 3
+    want = sum(sum(1 for label in row["labels"][1:] if label != -100) for row in eval_rows)
+    counted = [int(n) for n in re.findall(r"'eval_tell/task_tokens': '?(\d+)", log)]
+    assert counted and all(n == want for n in counted), (want, counted, log[-3000:])
+    assert (Path(cfg["output_dir"]) / "adapter_model.safetensors").is_file()
