@@ -23,7 +23,8 @@ DEFAULT_SEPARATOR = "\n\n"
 # Axolotl features that would undo or bypass the planned mix.
 _UNSUPPORTED_WITH_TELL = {
     "pretraining_dataset": "TELL mixes supervised instruction data; remove `pretraining_dataset`",
-    "streaming": "TELL needs the whole general pool to plan the mix; set `streaming: false`",
+    "streaming": "Axolotl's streaming needs `max_steps` and bypasses the plan; stream the general data with "
+                 "`tell_general_streaming: true` instead (and remove `streaming`)",
     "rl": "TELL plans supervised fine-tuning data; remove `rl:` (preference training is not supported)",
     "skip_prepare_dataset": "TELL must tokenize to count supervised tokens; remove `skip_prepare_dataset`",
     "group_by_length": "group_by_length reorders rows and breaks the planned spread; remove it",
@@ -100,6 +101,18 @@ class TellArgs(BaseModel):
         json_schema_extra={
             "description": "error | warn | upsample: what to do when general data cannot meet the budget."
         },
+    )
+
+    tell_general_streaming: bool | None = Field(
+        default=False,
+        json_schema_extra={
+            "description": "Read the general `datasets:` as streams (local files or hub datasets larger than the "
+            "disk): a seeded shuffle buffer, tokenized until the budget is met."
+        },
+    )
+    tell_general_stream_buffer: int | None = Field(
+        default=None,
+        json_schema_extra={"description": "Rows in the shuffle buffer of `tell_general_streaming` (default 10000)."},
     )
 
     tell_source_metrics: bool | None = Field(
@@ -263,7 +276,19 @@ def validate_tell_config(cfg: dict) -> None:
     gen_batch = cfg.get("tell_eval_batch_size")
     if gen_batch is not None and not _int_at_least(gen_batch, 1):
         _fail("tell_eval_batch_size", f"must be an integer >= 1, got {gen_batch!r}", "e.g. `tell_eval_batch_size: 8`")
-    for key in ("tell_source_metrics", "tell_bake_anchor"):
+    buffer = cfg.get("tell_general_stream_buffer")
+    if buffer is not None and not _int_at_least(buffer, 1):
+        _fail("tell_general_stream_buffer", f"must be an integer >= 1, got {buffer!r}",
+              "e.g. `tell_general_stream_buffer: 10000`")
+    if buffer is not None and not cfg.get("tell_general_streaming"):
+        _fail("tell_general_stream_buffer", "only used with `tell_general_streaming: true`",
+              "set `tell_general_streaming: true`, or remove the key")
+    if cfg.get("tell_general_streaming") and len(cfg.get("datasets") or []) > 1 and \
+            len({str(e.get("type")) for e in cfg.get("datasets") or [] if isinstance(e, dict)}) > 1:
+        _fail("tell_general_streaming", "streamed general entries are interleaved row by row and tokenized with "
+              "one prompt strategy, but `datasets:` has entries of different `type`s",
+              "stream entries of one `type` (and the same columns), or set `tell_general_streaming: false`")
+    for key in ("tell_source_metrics", "tell_bake_anchor", "tell_general_streaming"):
         if cfg.get(key) is not None and not isinstance(cfg.get(key), bool):
             _fail(key, f"must be true or false, got {cfg.get(key)!r}", f"write `{key}: true` or `{key}: false`")
     if cfg.get("tell_bake_anchor"):

@@ -285,9 +285,9 @@ class AutoSettings:
 
 
 def _local_files(path: str) -> list:
-    from axolotl_tell.cache import _fingerprint_path
+    from axolotl_tell.cache import fingerprint_path
 
-    return _fingerprint_path(path) if Path(path).is_dir() else []
+    return fingerprint_path(path) if Path(path).is_dir() else []
 
 
 def model_identity(settings: AutoSettings) -> dict:

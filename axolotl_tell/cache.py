@@ -23,7 +23,7 @@ DEFAULT_PREPARED_PATH = "last_run_prepared"
 READY_MARKER = "tell_ready.json"
 
 # Config keys (besides tell_* and datasets) that change the tokens or the mix.
-_TOKENIZATION_KEYS = (
+TOKENIZATION_KEYS = (
     "base_model", "tokenizer_config", "tokenizer_type", "sequence_len", "sample_packing",
     "train_on_inputs", "chat_template", "chat_template_jinja", "default_system_message",
     "excess_length_strategy", "min_sample_len", "special_tokens", "tokens", "added_tokens_overrides",
@@ -31,7 +31,7 @@ _TOKENIZATION_KEYS = (
 )
 
 
-def _fingerprint_path(path: str) -> list:
+def fingerprint_path(path: str) -> list:
     """Size and mtime of a local file, or of every file under a local folder."""
     p = Path(path)
     if p.is_file():
@@ -47,7 +47,7 @@ def _fingerprint_path(path: str) -> list:
     return []  # hub or remote: identified by its entry (path, name, revision)
 
 
-def _tokenizer_identity(tokenizer) -> dict:
+def tokenizer_identity(tokenizer) -> dict:
     return {
         "name": getattr(tokenizer, "name_or_path", None),
         "class": type(tokenizer).__name__,
@@ -66,11 +66,11 @@ def cache_key(cfg, tokenizer, anchor_text: str, general_entries: list, task_entr
         "axolotl": axolotl_version(),
         "tell": {k: cfg.get(k) for k in sorted(cfg) if str(k).startswith("tell_")},
         "anchor": anchor_text,
-        "config": {k: cfg.get(k) for k in _TOKENIZATION_KEYS},
+        "config": {k: cfg.get(k) for k in TOKENIZATION_KEYS},
         "general": [dict(e) for e in general_entries],
         "task": [dict(e) for e in task_entries],
-        "files": [_fingerprint_path(e["path"]) for e in [*general_entries, *task_entries]],
-        "tokenizer": _tokenizer_identity(tokenizer),
+        "files": [fingerprint_path(e["path"]) for e in [*general_entries, *task_entries]],
+        "tokenizer": tokenizer_identity(tokenizer),
     }
     blob = json.dumps(payload, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()

@@ -30,11 +30,12 @@ def check_axolotl_version() -> None:
         )
 
 
-def load_raw_dataset(ds_cfg, cfg, split: str = "train") -> Dataset:
-    """A dataset entry's raw rows, as Axolotl loads them (split and shards applied)."""
+def load_raw_dataset(ds_cfg, cfg, split: str = "train", streaming: bool = False):
+    """A dataset entry's raw rows, as Axolotl loads them (split and shards applied); an IterableDataset if
+    ``streaming``."""
     from axolotl.utils.data.shared import load_dataset_with_config
 
-    dataset = load_dataset_with_config(ds_cfg, cfg.hf_use_auth_token, streaming=False)
+    dataset = load_dataset_with_config(ds_cfg, cfg.hf_use_auth_token, streaming=streaming)
     if isinstance(dataset, (DatasetDict, IterableDatasetDict)):
         if ds_cfg.split and ds_cfg.split in dataset:
             dataset = dataset[ds_cfg.split]
@@ -44,7 +45,9 @@ def load_raw_dataset(ds_cfg, cfg, split: str = "train") -> Dataset:
             raise ValueError(
                 f"[axolotl_tell] no `{split}` split in dataset {ds_cfg.path}. Fix: set `split:` on the entry."
             )
-    if ds_cfg.shards:
+    if ds_cfg.shards and streaming:  # a stream has no random access: its shards as they come
+        dataset = dataset.shard(num_shards=ds_cfg.shards, index=ds_cfg.get("shards_idx", 0))
+    elif ds_cfg.shards:
         dataset = dataset.shuffle(seed=cfg.seed).shard(
             num_shards=ds_cfg.shards, index=ds_cfg.get("shards_idx", 0)
         )

@@ -117,12 +117,13 @@ _STREAM_GENERAL, _STREAM_TASK, _STREAM_SHUFFLE = 1, 2, 3
 def _select_general(
     supervised: np.ndarray, budget: int, shortfall: str, seed: int
 ) -> tuple[np.ndarray, str | None]:
-    """General rows, in a seeded random order, until ``budget`` supervised tokens.
+    """General rows until ``budget`` supervised tokens, in a seeded random order for the mix.
 
-    Takes the shortest prefix of a seeded permutation whose supervised tokens
-    reach the budget (the last row may overshoot by less than one row). When the
-    whole pool is short: error, use all of it (warn), or continue with fresh
-    permutations (upsample).
+    The rows come in scan order (the general pool's fixed seeded order, :mod:`axolotl_tell.general_pool`): the
+    shortest prefix whose supervised tokens reach the budget is taken (the last row may overshoot by less than
+    one row), so a pool tokenized only up to that prefix plans exactly as the whole pool. The run's ``seed``
+    then orders the chosen rows. When the whole pool is short: error, use all of it (warn), or continue with
+    fresh permutations (upsample).
     """
     n = supervised.size
     total = int(supervised.sum())
@@ -132,8 +133,9 @@ def _select_general(
         raise PlanError("the general data has no supervised tokens (every label is -100)")
     rng = _rng(seed, _STREAM_GENERAL)
     if total >= budget:
-        perm = _permutation(rng, n)
-        return perm[: _prefix_reaching(supervised, perm, budget)].copy(), None
+        chosen = np.arange(_prefix_reaching(supervised, budget), dtype=_index_dtype(n))
+        rng.shuffle(chosen)
+        return chosen, None
     if shortfall == "error":
         raise PlanError(
             f"the general data has {total} supervised tokens but the plan needs {budget}"
@@ -145,8 +147,23 @@ def _select_general(
     parts = [_permutation(rng, n) for _ in range(full_passes)]
     if rest:
         perm = _permutation(rng, n)
-        parts.append(perm[: _prefix_reaching(supervised, perm, rest)])
+        cum = np.cumsum(supervised[perm])
+        parts.append(perm[: int(np.searchsorted(cum, rest, side="left")) + 1])
     return np.concatenate(parts), "upsample"
+
+
+def general_budget(task_supervised_total: int, general_ratio: float | None, general_tokens: int | None) -> int:
+    """General supervised tokens the plan asks for: ``ratio x task supervised tokens`` (repeats included)."""
+    if general_ratio is not None:
+        return int(math.ceil(general_ratio * task_supervised_total))
+    return int(general_tokens)
+
+
+def resolve_repeats(task_rows: int, task_repeats: int | str) -> int:
+    repeats = auto_task_repeats(task_rows) if task_repeats == "auto" else int(task_repeats)
+    if repeats < 1:
+        raise PlanError(f"task_repeats must be >= 1, got {task_repeats}")
+    return repeats
 
 
 def _index_dtype(n: int):
@@ -161,10 +178,9 @@ def _permutation(rng: np.random.Generator, n: int) -> np.ndarray:
     return perm
 
 
-def _prefix_reaching(supervised: np.ndarray, perm: np.ndarray, budget: int) -> int:
-    """Length of the shortest prefix of ``perm`` whose supervised tokens reach ``budget``."""
-    cum = supervised[perm]  # one int64 temporary, summed in place
-    np.cumsum(cum, out=cum)
+def _prefix_reaching(supervised: np.ndarray, budget: int) -> int:
+    """Length of the shortest prefix of the rows (in scan order) whose supervised tokens reach ``budget``."""
+    cum = np.cumsum(supervised)  # one int64 temporary
     return int(np.searchsorted(cum, budget, side="left")) + 1
 
 
@@ -215,7 +231,8 @@ def build_plan(
 
     Args:
         task_supervised: supervised tokens of each anchored task row.
-        general_supervised: supervised tokens of each general-pool row.
+        general_supervised: supervised tokens of each general-pool row, in scan order (the rows chosen are
+            the shortest prefix reaching the budget; ``seed`` orders them in the mix).
         task_repeats: times every task row occurs, or ``"auto"`` (see
             :func:`auto_task_repeats`).
         general_ratio: general supervised tokens per task supervised token,
@@ -252,15 +269,9 @@ def build_plan(
         raise PlanError(f"general_tokens must be >= 0, got {general_tokens}")
 
     n_task = int(task_sup.size)
-    repeats = auto_task_repeats(n_task) if task_repeats == "auto" else int(task_repeats)
-    if repeats < 1:
-        raise PlanError(f"task_repeats must be >= 1, got {task_repeats}")
-
+    repeats = resolve_repeats(n_task, task_repeats)
     task_sup_total = int(task_sup.sum()) * repeats
-    if general_ratio is not None:
-        budget = int(math.ceil(general_ratio * task_sup_total))
-    else:
-        budget = int(general_tokens)
+    budget = general_budget(task_sup_total, general_ratio, general_tokens)
 
     general_ids, shortfall_used = _select_general(gen_sup, budget, shortfall, seed)
     gen_sup_used = int(gen_sup[general_ids].sum()) if general_ids.size else 0
@@ -300,7 +311,7 @@ def build_plan(
         task_supervised_tokens=task_sup_total,
         task_tokens=_tokens(task_lengths, task_row_ids, n_task),
         general_rows_available=n_gen_pool,
-        # distinct rows: a prefix of one permutation, or every row once up-sampled
+        # distinct rows: a prefix of the scan order, or every row once up-sampled
         general_rows_used=n_gen_pool if shortfall_used == "upsample" else int(general_ids.size),
         general_occurrences=int(general_ids.size),
         general_supervised_tokens=gen_sup_used,

@@ -28,7 +28,8 @@ from axolotl_tell.anchor import Anchor, resolve_anchor
 from axolotl_tell.anchored import AnchoredDatasetStrategy
 from axolotl_tell.args import resolved_ratio, resolved_repeats
 from axolotl_tell.datacheck import TellDataError, check_columns, check_local_data, row_location
-from axolotl_tell.plan import MixPlan, PlanError, build_plan
+from axolotl_tell.general_pool import GeneralPool, GeneralRows
+from axolotl_tell.plan import MixPlan, PlanError, build_plan, general_budget, resolve_repeats
 from axolotl_tell.report import build_report
 
 LOG = logging.getLogger("axolotl.tell")
@@ -82,7 +83,7 @@ def row_token_counts(dataset: Dataset, batch_rows: int = COUNT_BATCH_ROWS) -> tu
     return lengths, supervised
 
 
-def _with_source(dataset: Dataset, source_id: int) -> Dataset:
+def with_source(dataset: Dataset, source_id: int) -> Dataset:
     keep = [c for c in TOKEN_COLUMNS if c in dataset.column_names]
     missing = [c for c in ("input_ids", "labels") if c not in keep]
     if missing:
@@ -128,7 +129,7 @@ def load_general(cfg, tokenizer, entries, split: str = "train") -> tuple[Dataset
                                 "this type reads, or pick the `type` that matches the file.") from err
         sources.append({"id": len(sources), "kind": "general", "index": i, "path": ds_cfg.path,
                         "type": str(ds_cfg.type), "rows_raw": len(raw)})
-        parts.append(_with_source(tokenized, sources[-1]["id"]))
+        parts.append(with_source(tokenized, sources[-1]["id"]))
     general = concatenate_datasets(parts) if len(parts) > 1 else parts[0]
     return general, sources
 
@@ -186,7 +187,7 @@ def load_task(cfg, tokenizer, entries, anchor: Anchor, first_id: int, key: str =
         source_id = ids[i] if ids else first_id + i
         sources.append({"id": source_id, "kind": "task", "index": i, "path": ds_cfg.path,
                         "type": str(ds_cfg.type), "placement": strategy.placement, "rows_raw": len(raw)})
-        parts.append(_with_source(tokenized, source_id))
+        parts.append(with_source(tokenized, source_id))
         raws.extend({"dataset_index": i, "row": row} for row in raw.to_list())
     if problems:
         raise TellDataError(
@@ -253,57 +254,74 @@ def _plan(cfg, task_counts, general_counts) -> MixPlan:
         ) from err
 
 
-def _check_general_left(cfg, rows_tokenized: int, rows_fit: int, rows_trainable: int) -> None:
-    if rows_fit == 0:
-        raise TellDataError(f"[axolotl_tell] `datasets:`: all {rows_tokenized} general rows are longer than "
-                            f"`sequence_len: {cfg.sequence_len}` and were dropped. Fix: raise `sequence_len`, "
-                            "or set `excess_length_strategy: truncate`.")
-    if rows_trainable == 0:
-        raise TellDataError(f"[axolotl_tell] `datasets:`: none of the {rows_fit} general rows has a supervised token "
-                            "after templating (every label is -100). Fix: check `train_on_inputs`, `roles_to_train`, "
-                            "the field mappings of the entries, and that the answers are not empty.")
+def _budget(cfg, task_supervised: np.ndarray) -> int:
+    """The general supervised tokens the plan will ask for (before any general row is tokenized)."""
+    try:
+        repeats = resolve_repeats(int(task_supervised.size), resolved_repeats(cfg))
+    except PlanError as err:
+        raise TellDataError(f"[axolotl_tell] `tell_task_repeats`: {err}. Fix: an integer >= 1 or `auto`.") from err
+    return general_budget(int(task_supervised.sum()) * repeats, resolved_ratio(cfg), cfg.get("tell_general_tokens"))
 
 
-def _check_files(general_entries, task_entries, test_entries) -> None:
+def _check_general_left(general: GeneralRows) -> None:
+    """The pool ended with no row to train on: say why (too long, or nothing supervised)."""
+    if general.dataset is not None and len(general.dataset):
+        return
+    stats = general.stats
+    scanned, too_long = stats["rows_scanned"], stats["rows_dropped_too_long"]
+    if scanned and too_long == scanned:
+        raise TellDataError(f"[axolotl_tell] `datasets:`: all {scanned} general rows are longer than "
+                            "`sequence_len` and were dropped. Fix: raise `sequence_len`, or set "
+                            "`excess_length_strategy: truncate`.")
+    raise TellDataError(f"[axolotl_tell] `datasets:`: none of the {scanned - too_long} general rows has a supervised "
+                        "token after templating (every label is -100). Fix: check `train_on_inputs`, "
+                        "`roles_to_train`, the field mappings of the entries, and that the answers are not empty.")
+
+
+def _check_files(general_entries, task_entries, test_entries, streaming: bool = False) -> None:
     """Every local data file, before any tokenization: a bad line fails in seconds, not after the general data."""
     for key, entries in (("tell_task_datasets", task_entries), ("tell_task_test_datasets", test_entries),
-                         ("datasets", general_entries)):
+                         ("datasets", [] if streaming else general_entries)):
         for i, ds_cfg in enumerate(entries):
             check_local_data(ds_cfg, f"`{key}[{i}]` ({ds_cfg.path})")
 
 
 def _build(cfg, tokenizer, anchor, general_entries, task_entries, test_entries):
-    _check_files(general_entries, task_entries, test_entries)
-    general, general_sources = load_general(cfg, tokenizer, general_entries)
-    rows_tokenized = len(general)
-    general = compat.drop_long_rows(general, cfg)
-    rows_fit = len(general)
-    gen_counts = row_token_counts(general)
-    trainable = np.flatnonzero(gen_counts[1] > 0)
-    if trainable.size < len(general):  # rows with nothing to learn only cost compute
-        general = general.select(trainable).flatten_indices()
-        gen_counts = (gen_counts[0][trainable], gen_counts[1][trainable])
-    task, task_sources, task_raws = load_task(cfg, tokenizer, task_entries, anchor, first_id=len(general_sources))
+    _check_files(general_entries, task_entries, test_entries, streaming=bool(cfg.get("tell_general_streaming")))
+    pool = GeneralPool(cfg, tokenizer, general_entries)
+    task, task_sources, task_raws = load_task(cfg, tokenizer, task_entries, anchor, first_id=len(general_entries))
     task, task_raws, eval_task, eval_raws = split_task_eval(cfg, task, task_raws)
     if test_entries:  # eval rows count as the first task source in per-source metrics
         eval_task, _, eval_raws = load_task(cfg, tokenizer, test_entries, anchor, first_id=0,
                                             key="tell_task_test_datasets", ids=[task_sources[0]["id"]] * len(test_entries))
     task_counts = row_token_counts(task)
-    _check_general_left(cfg, rows_tokenized, rows_fit, int(trainable.size))  # after the task rows' own errors
+    # only the general rows the budget needs are tokenized (general_pool.py); all of them if the pool is short
+    general = pool.rows_until(_budget(cfg, task_counts[1]))
+    _check_general_left(general)  # after the task rows' own errors
 
-    plan = _plan(cfg, task_counts, gen_counts)
+    plan = _plan(cfg, task_counts, (general.lengths, general.supervised))
     for warning in plan.warnings:
         LOG.warning("[axolotl_tell] %s", warning)
-    mixed = concatenate_datasets([general, task]).select(plan.order).flatten_indices()
+    mixed = concatenate_datasets([general.dataset, task]).select(plan.order).flatten_indices()
     if cfg.sample_packing:
         mixed = compat.prepare_for_packing(mixed, cfg)
 
+    stats = general.stats
     report = build_report(
         plan,
         anchor=anchor,
-        sources=general_sources + task_sources,
-        general_filtering={"rows_tokenized": rows_tokenized, "rows_dropped_too_long": rows_tokenized - rows_fit,
-                           "rows_dropped_no_supervised_tokens": rows_fit - int(trainable.size)},
+        sources=general.sources + task_sources,
+        general_filtering={
+            "rows_available": stats["rows_available"],  # the whole pool ("unknown" for a stream)
+            "rows_candidates": plan.general_rows_available,  # scanned rows that fit and supervise something
+            "rows_scanned": stats["rows_scanned"],
+            "rows_tokenized": stats["rows_scanned"],
+            "rows_tokenized_now": stats["rows_tokenized_now"],
+            "rows_from_token_cache": stats["rows_from_cache"],
+            "rows_dropped_too_long": stats["rows_dropped_too_long"],
+            "rows_dropped_no_supervised_tokens": stats["rows_dropped_no_supervised_tokens"],
+            "token_cache": stats["token_cache"],
+        },
         cfg=cfg,
     )
     report["task"]["eval_rows"] = len(eval_task) if eval_task is not None else 0

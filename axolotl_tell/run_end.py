@@ -84,7 +84,7 @@ def _plots(plugin, report: dict, out: Path) -> None:
     from axolotl_tell.plots import LOSS_FILE, TIMELINE_FILE, plot_losses, plot_timeline
 
     order = np.load(plugin.prepared.path / "plan_order.npy")
-    general_rows = report["general"]["rows_available"]
+    general_rows = report["general"].get("rows_candidates", report["general"]["rows_available"])
     trained = report["trained"]
     steps = trained.get("steps_planned") or 1
     # rows per optimizer step, measured on this run's dataloader (packed steps hold a varying number of rows)
