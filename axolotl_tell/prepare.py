@@ -28,7 +28,7 @@ from axolotl_tell.anchor import Anchor, resolve_anchor
 from axolotl_tell.anchored import AnchoredDatasetStrategy
 from axolotl_tell.args import resolved_ratio, resolved_repeats
 from axolotl_tell.datacheck import TellDataError, check_columns, check_local_data, row_location
-from axolotl_tell.plan import MixPlan, PlanError, build_plan
+from axolotl_tell.plan import MixPlan, PlanError, PlanTooLargeError, build_plan
 from axolotl_tell.report import build_report
 
 LOG = logging.getLogger("axolotl.tell")
@@ -245,6 +245,12 @@ def _plan(cfg, task_counts, general_counts) -> MixPlan:
             task_lengths=task_len,
             general_lengths=gen_len,
         )
+    except PlanTooLargeError as err:
+        raise TellDataError(
+            f"[axolotl_tell] cannot build the mix: {err}. Fix: lower `tell_general_ratio` / `tell_general_tokens` "
+            "or `tell_task_repeats`; with `tell_general_shortfall: upsample`, add general data instead of "
+            "repeating a small pool that many times."
+        ) from err
     except PlanError as err:
         raise TellDataError(
             f"[axolotl_tell] cannot build the mix: {err}. Fix: add general data to `datasets:`, lower "

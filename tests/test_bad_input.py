@@ -154,6 +154,12 @@ CASES = [
     ("repeats fractional", "config", _set(tell_task_repeats=2.5), r"`tell_task_repeats`"),
     ("repeats negative", "config", _set(tell_task_repeats=-1), r"`tell_task_repeats`"),
     ("repeats boolean", "config", _set(tell_task_repeats=True), r"`tell_task_repeats`"),
+    ("ratio absurdly large", "config", _set(tell_general_ratio=1e12),
+     r"`tell_general_ratio`: 1000000000000\.0 is more than the maximum of 1,000,000"),
+    ("repeats a million", "config", _set(tell_task_repeats=1_000_000),
+     r"`tell_task_repeats`: 1000000 is more than the maximum of 10,000"),
+    ("seed negative", "config", _set(seed=-1), r"`seed`: must be an integer >= 0, got -1"),
+    ("seed not an integer", "config", _set(seed="seven"), r"`seed`: must be an integer >= 0, got 'seven'"),
     ("separator not a string", "config", _set(tell_anchor_separator=5), r"`tell_anchor_separator`"),
     ("system placement on completion", "config", _both(_task_entry(type="completion"),
                                                        _set(tell_anchor_placement="system")),
@@ -229,6 +235,10 @@ CASES = [
      r"`datasets:`: all 40 general rows are longer than `sequence_len: 230`"),
     ("no general row trains", "data", _general_rows(UNSUPERVISED_GENERAL, type="chat_template"),
      r"`datasets:`: none of the 40 general rows has a supervised token"),
+    ("upsampled plan too large", "data",
+     _set(tell_general_ratio=None, tell_general_tokens=10**12, tell_general_shortfall="upsample"),
+     r"cannot build the mix: the plan would hold about [\d,]+ rows, more than the maximum of 50,000,000: "
+     r"10 task rows x 3 repeats = 30 task occurrences.*Fix: lower `tell_general_ratio`"),
     ("eval rows leave no task row", "data", _set(tell_task_eval_rows=10), r"`tell_task_eval_rows: 10` leaves no task row"),
 ]
 
