@@ -78,3 +78,27 @@ def test_bake_refuses_prefix_placement(tiny_model, tmp_path):
     cli.main(["preview", str(path)])
     with pytest.raises(ValueError, match="placed as"):
         cli.main(["bake", str(path)])
+
+
+TRICKY_ANCHOR = ('Answer with an emoji 😀 or 𝔘, a "quote", it\'s a back\\slash \\n (not a newline), a real\nnewline, '
+                 '{{ not_a_variable }}, {% if x %}not a tag{% endif %}, {# not a comment #} and -%} too.')
+
+
+def test_bake_keeps_any_anchor_text_verbatim(tiny_model, tmp_path):
+    """Non-BMP characters, quotes, backslashes, newlines and Jinja syntax in the anchor reach the prompt as written."""
+    from transformers import AutoTokenizer
+
+    from axolotl_tell.bake import bake_anchor
+
+    AutoTokenizer.from_pretrained(tiny_model).save_pretrained(tmp_path)
+    spec = {"anchor": {"text": TRICKY_ANCHOR}, "task_datasets": [{"type": "chat_template", "placement": "system"}]}
+    bake_anchor(tmp_path, spec)
+    bake_anchor(tmp_path, spec)  # re-baking keeps one preamble
+    tok = AutoTokenizer.from_pretrained(tmp_path)
+    user = [{"role": "user", "content": "the cat sat"}]
+    text = tok.apply_chat_template(user, tokenize=False, add_generation_prompt=True)
+    assert text == (f"<|im_start|>system\n{TRICKY_ANCHOR}<|im_end|>\n<|im_start|>user\nthe cat sat<|im_end|>\n"
+                    "<|im_start|>assistant\n")
+    assert tok.apply_chat_template(user, tokenize=True, add_generation_prompt=True)  # tokenizes, no lone surrogates
+    own = tok.apply_chat_template([{"role": "system", "content": "Be brief."}, *user], tokenize=False)
+    assert TRICKY_ANCHOR not in own and "Be brief." in own
