@@ -155,6 +155,23 @@ def test_a_crashed_save_leaves_nothing_loadable(load_cfg, tiny_model, tmp_path, 
     assert not prepared.from_cache
 
 
+def test_a_killed_save_leaves_no_temp_folder_forever(tmp_path):
+    """A SIGKILL skips the cleanup in `save_atomically`; the next save of the same target (under its lock) does it."""
+    from axolotl_tell.cache import READY_MARKER, save_atomically
+
+    target = tmp_path / "tell-0123456789abcdef0123"
+    killed = [tmp_path / f".tmp-{target.name}-k1ll3d", tmp_path / f".tmp-{target.name}-0ther"]
+    for folder in killed:
+        (folder / "train").mkdir(parents=True)
+    other_target = tmp_path / ".tmp-tell-fffffffffffffffffff0-x"  # another key's save: not ours to remove
+    other_target.mkdir()
+    save_atomically(target, lambda tmp: (tmp / "data.txt").write_text("ok"))
+    assert (target / READY_MARKER).is_file() and (target / "data.txt").read_text() == "ok"
+    assert not any(folder.exists() for folder in killed)
+    assert other_target.is_dir()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([target.name, other_target.name])
+
+
 def test_over_long_task_rows_are_an_error_not_a_silent_drop(load_cfg, tiny_model, tmp_path):
     with pytest.raises(TellDataError, match=r"row \d+: \d+ tokens > sequence_len 64"):
         _prepare(load_cfg, tmp_path, tiny_model, sequence_len=64)
