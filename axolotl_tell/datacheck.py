@@ -20,6 +20,7 @@ checks here run first, on local files only:
 from __future__ import annotations
 
 import json
+import tempfile
 from pathlib import Path
 
 JSON_SUFFIXES = (".json", ".jsonl")
@@ -150,6 +151,23 @@ def _check_document(path: Path, where: str) -> int:
                       "make the file a list of objects with the row's fields")
         return len(doc)
     return -1  # an object: rows are under a `field`, Axolotl's loader checks it
+
+
+def check_writable_folder(key: str, folder) -> None:
+    """``folder`` (the value of config key ``key``) exists or can be created, and a file can be written in it.
+
+    Checked before any tokenization: otherwise a read-only ``output_dir`` fails only after the whole mix was
+    built. A test file is created and removed (not a permission-bit check: root ignores those).
+    """
+    path = Path(str(folder)).expanduser()
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as err:
+        _fail(f"`{key}` ({folder})", f"cannot write there ({type(err).__name__}: {err.strerror or err})",
+              f"point `{key}` at a folder you can write to, or make it writable (a file of that name, or "
+              "a file in its path, blocks it too)")
 
 
 def required_columns(ds_cfg) -> list[str]:

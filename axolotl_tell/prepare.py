@@ -27,7 +27,13 @@ from axolotl_tell import cache, compat
 from axolotl_tell.anchor import Anchor, resolve_anchor
 from axolotl_tell.anchored import AnchoredDatasetStrategy
 from axolotl_tell.args import resolved_ratio, resolved_repeats
-from axolotl_tell.datacheck import TellDataError, check_columns, check_local_data, row_location
+from axolotl_tell.datacheck import (
+    TellDataError,
+    check_columns,
+    check_local_data,
+    check_writable_folder,
+    row_location,
+)
 from axolotl_tell.plan import MixPlan, PlanError, PlanTooLargeError, build_plan
 from axolotl_tell.report import build_report
 
@@ -326,6 +332,8 @@ def prepare_tell_datasets(cfg, tokenizer) -> PreparedTell:
     if not general_entries:
         raise TellDataError("[axolotl_tell] `datasets:` is empty: TELL needs general data to mix the task into. "
                             "Fix: list general instruction data under `datasets:`.")
+    check_writable_folder("dataset_prepared_path", cfg.get("dataset_prepared_path") or cache.DEFAULT_PREPARED_PATH)
+    check_writable_folder("output_dir", cfg.output_dir)  # written after the mix is built: fail before that
     task_entries = [_task_entry_cfg(dict(e), cfg) for e in cfg.tell_task_datasets]
     anchor = resolve_anchor(cfg, task_data=lambda: task_raw_data(cfg, task_entries))  # `auto`: cached or generated
     test_entries = [_task_entry_cfg(dict(e), cfg) for e in cfg.get("tell_task_test_datasets") or []]

@@ -337,6 +337,28 @@ def test_a_bad_task_file_is_found_before_the_general_data_is_tokenized(load_cfg,
     assert tokenized == []
 
 
+@pytest.mark.parametrize("key", ["dataset_prepared_path", "output_dir"])
+def test_a_folder_that_cannot_be_written_is_refused_before_tokenizing(load_cfg, tiny_model, tmp_path, monkeypatch, key):
+    """Tests run as root, where permission bits do not stop a write: a regular file in the path does, for anyone."""
+    from axolotl_tell import compat, prepare
+
+    path, cfg = make_workspace(tmp_path, tiny_model)
+    (tmp_path / "blocked").write_text("a file, not a folder")
+    cfg[key] = str(tmp_path / "blocked" / "sub")
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    loaded = load_cfg(str(path))
+    tokenized = []
+    real = compat.tokenize_with_axolotl
+    monkeypatch.setattr(compat, "tokenize_with_axolotl", lambda *a, **k: tokenized.append(1) or real(*a, **k))
+    with pytest.raises(prepare.TellDataError) as info:
+        prepare.prepare_tell_datasets(loaded, compat.load_tokenizer(loaded))
+    message = str(info.value)
+    assert re.search(rf"^\[axolotl_tell\] `{key}` \({re.escape(str(tmp_path))}/blocked/sub\): cannot write there "
+                     r"\((FileExistsError|NotADirectoryError)", message), message
+    assert f"Fix: point `{key}` at a folder you can write to" in message
+    assert tokenized == []
+
+
 def test_the_file_check_accepts_what_axolotl_reads(tmp_path):
     """JSON Lines with blank lines and a BOM, a pretty-printed .json array, a .json object (`field`)."""
     from axolotl.utils.dict import DictDefault
