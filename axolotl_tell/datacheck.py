@@ -185,6 +185,24 @@ def required_columns(ds_cfg) -> list[str]:
     return []
 
 
+TOKEN_COLUMNS = ("input_ids", "attention_mask", "labels")
+
+
+def check_raw_task_rows(raw, where: str) -> None:
+    """Task rows must be raw text: token columns would bypass the anchor.
+
+    Axolotl uses a dataset that has ``input_ids``, ``attention_mask`` and ``labels`` as it is (the ids are trained,
+    the text fields ignored), so anchored "task rows" would be stray ids with no anchor; with only some of these
+    columns the prompt strategy fails deep inside. General data (``datasets:``) may be pre-tokenized, as in
+    plain Axolotl.
+    """
+    found = [c for c in TOKEN_COLUMNS if c in raw.column_names]
+    if found:
+        _fail(where, f"the rows carry token columns {found} (a tokenized export): Axolotl would train on those ids "
+              "as they are, without the anchor", f"drop the columns {found} from the file and keep the raw text "
+              "fields the `type` reads (or export the rows untokenized)")
+
+
 def check_columns(raw, ds_cfg, where: str) -> None:
     """Every column the type reads exists and has a value in every row."""
     if len(raw) == 0:

@@ -28,9 +28,11 @@ from axolotl_tell.anchor import Anchor, resolve_anchor
 from axolotl_tell.anchored import AnchoredDatasetStrategy
 from axolotl_tell.args import resolved_ratio, resolved_repeats
 from axolotl_tell.datacheck import (
+    TOKEN_COLUMNS,
     TellDataError,
     check_columns,
     check_local_data,
+    check_raw_task_rows,
     check_writable_folder,
     row_location,
 )
@@ -40,7 +42,6 @@ from axolotl_tell.report import build_report
 LOG = logging.getLogger("axolotl.tell")
 
 SOURCE_COLUMN = "tell_source"
-TOKEN_COLUMNS = ("input_ids", "attention_mask", "labels")
 NO_LIMIT = 1 << 30  # task rows are tokenized untruncated, then checked against sequence_len
 DEFAULT_SEED = 42
 
@@ -150,6 +151,7 @@ def _load_task_raw(ds_cfg, cfg, index: int, key: str = "tell_task_datasets") -> 
     except Exception as err:  # name the entry: the loader's own message often does not
         raise TellDataError(f"[axolotl_tell] {where} could not be loaded: {type(err).__name__}: {err}. "
                             "Fix: check the path, `ds_type` and the file's format.") from err
+    check_raw_task_rows(raw, where)
     check_columns(raw, ds_cfg, where)
     return raw
 

@@ -122,6 +122,25 @@ def _task_json_array_with_bad_line(root, cfg):
     cfg["tell_task_datasets"][0]["path"] = str(root / "task.json")
 
 
+def _tokenized_export(rows: list[dict]) -> list[dict]:
+    """Rows as a tokenized export leaves them: the text fields plus token columns."""
+    return [{**row, "input_ids": [5, 6, 7], "attention_mask": [1, 1, 1], "labels": [-100, 6, 7]} for row in rows]
+
+
+def _task_parquet(root, cfg):
+    from datasets import Dataset
+
+    rows = [json.loads(line) for line in (root / "task.jsonl").read_text().splitlines()]
+    Dataset.from_list(_tokenized_export(rows)).to_parquet(str(root / "task.parquet"))
+    cfg["tell_task_datasets"][0].update(path=str(root / "task.parquet"), ds_type="parquet")
+
+
+def _test_rows_tokenized(root, cfg):
+    rows = [json.loads(line) for line in (root / "task.jsonl").read_text().splitlines()]
+    write_jsonl(root / "task_test.jsonl", [{**r, "input_ids": [5, 6, 7]} for r in rows[:3]])  # ids only
+    cfg["tell_task_test_datasets"] = [{"path": str(root / "task_test.jsonl"), "ds_type": "json", "type": "alpaca"}]
+
+
 def _version(value: str):
     def mutate(root, cfg, monkeypatch):
         monkeypatch.setattr("axolotl_tell.compat.axolotl_version", lambda: value)
@@ -239,6 +258,14 @@ CASES = [
      _set(tell_general_ratio=None, tell_general_tokens=10**12, tell_general_shortfall="upsample"),
      r"cannot build the mix: the plan would hold about [\d,]+ rows, more than the maximum of 50,000,000: "
      r"10 task rows x 3 repeats = 30 task occurrences.*Fix: lower `tell_general_ratio`"),
+    ("task rows tokenized (JSON Lines)", "data", _rows("task.jsonl", _tokenized_export),
+     r"`tell_task_datasets\[0\]` \({root}/task\.jsonl\): the rows carry token columns "
+     r"\['input_ids', 'attention_mask', 'labels'\] .*Fix: drop the columns"),
+    ("task rows tokenized (parquet)", "data", _task_parquet,
+     r"`tell_task_datasets\[0\]` \({root}/task\.parquet\): the rows carry token columns "
+     r"\['input_ids', 'attention_mask', 'labels'\]"),
+    ("task test rows tokenized", "data", _test_rows_tokenized,
+     r"`tell_task_test_datasets\[0\]` \({root}/task_test\.jsonl\): the rows carry token columns \['input_ids'\]"),
     ("eval rows leave no task row", "data", _set(tell_task_eval_rows=10), r"`tell_task_eval_rows: 10` leaves no task row"),
 ]
 
