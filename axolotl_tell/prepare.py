@@ -24,7 +24,7 @@ import pyarrow.compute as pc
 from datasets import Dataset, concatenate_datasets, load_from_disk
 
 from axolotl_tell import cache, compat
-from axolotl_tell.anchor import Anchor, resolve_anchor
+from axolotl_tell.anchor import Anchor, check_anchor_tokens, resolve_anchor, rows_holding_anchor
 from axolotl_tell.anchored import AnchoredDatasetStrategy
 from axolotl_tell.args import resolved_ratio, resolved_repeats
 from axolotl_tell.datacheck import (
@@ -176,6 +176,7 @@ def load_task(cfg, tokenizer, entries, anchor: Anchor, first_id: int, key: str =
         if len(raw) == 0:
             raise TellDataError(f"[axolotl_tell] `{key}[{i}]` ({ds_cfg.path}) has no rows. "
                                 "Fix: point it at a file with task examples.")
+        _warn_rows_holding_anchor(raw, anchor, f"`{key}[{i}]` ({ds_cfg.path})")
         strategy = AnchoredDatasetStrategy(str(ds_cfg.type), tokenizer, untruncated, ds_cfg, anchor=anchor)
         try:
             tokenized = strategy.wrap_dataset(raw, process_count=cfg.dataset_num_proc)
@@ -204,6 +205,15 @@ def load_task(cfg, tokenizer, entries, anchor: Anchor, first_id: int, key: str =
         )
     task = concatenate_datasets(parts) if len(parts) > 1 else parts[0]
     return task, sources, raws
+
+
+def _warn_rows_holding_anchor(raw: Dataset, anchor: Anchor, where: str) -> None:
+    """Rows that already contain the anchor text get it twice: say so (the data may be anchored already)."""
+    count = rows_holding_anchor(raw, anchor.text)
+    if count:
+        LOG.warning("[axolotl_tell] %s: %d of %d task rows already contain the anchor text, so they will hold it "
+                    "twice. Fix: remove the anchor from those rows (TELL adds it to every row), or ignore this if "
+                    "the text is meant to be there.", where, count, len(raw))
 
 
 def _row_error(raw: Dataset, strategy, ds_cfg, where: str, err: Exception) -> TellDataError:
@@ -338,6 +348,7 @@ def prepare_tell_datasets(cfg, tokenizer) -> PreparedTell:
     check_writable_folder("output_dir", cfg.output_dir)  # written after the mix is built: fail before that
     task_entries = [_task_entry_cfg(dict(e), cfg) for e in cfg.tell_task_datasets]
     anchor = resolve_anchor(cfg, task_data=lambda: task_raw_data(cfg, task_entries))  # `auto`: cached or generated
+    check_anchor_tokens(anchor, tokenizer)
     test_entries = [_task_entry_cfg(dict(e), cfg) for e in cfg.get("tell_task_test_datasets") or []]
     key = cache.cache_key(cfg, tokenizer, anchor.text, general_entries, task_entries + test_entries)
     path = cache.prepared_dir(cfg, key)

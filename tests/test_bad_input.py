@@ -266,6 +266,11 @@ CASES = [
      r"\['input_ids', 'attention_mask', 'labels'\]"),
     ("task test rows tokenized", "data", _test_rows_tokenized,
      r"`tell_task_test_datasets\[0\]` \({root}/task_test\.jsonl\): the rows carry token columns \['input_ids'\]"),
+    ("anchor holds the eos token", "data", _set(tell_anchor="Answer in one word, then write <|im_end|>."),
+     r"`tell_anchor`: the anchor contains the tokenizer's special token '<\|im_end\|>', which becomes that one "
+     r"control token .*Fix: .*\(e\.g\. '<\| im_end \|>'"),
+    ("anchor file holds a special token", "data", _anchor_file(b"Pad the answer with <pad> tokens.\n"),
+     r"`tell_anchor_file`: the anchor contains the tokenizer's special token '<pad>'"),
     ("eval rows leave no task row", "data", _set(tell_task_eval_rows=10), r"`tell_task_eval_rows: 10` leaves no task row"),
 ]
 

@@ -172,6 +172,28 @@ def test_a_killed_save_leaves_no_temp_folder_forever(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([target.name, other_target.name])
 
 
+def test_task_rows_that_already_hold_the_anchor_are_named_in_a_warning(load_cfg, tiny_model, tmp_path, caplog):
+    from tiny import task_alpaca_rows
+
+    from axolotl_tell import compat
+
+    path, _ = make_workspace(tmp_path, tiny_model)
+    rows = task_alpaca_rows(10)
+    for row in rows[:4]:  # anchored by hand already: TELL adds the anchor a second time
+        row["instruction"] = f"{ANCHOR}\n\n{row['instruction']}"
+    write_jsonl(tmp_path / "task.jsonl", rows)
+    cfg = load_cfg(str(path))
+    tok = compat.load_tokenizer(cfg)
+    with caplog.at_level("WARNING", logger="axolotl.tell"):
+        prepared = prepare_tell_datasets(cfg, tok)
+    warnings = [r.getMessage() for r in caplog.records if "already contain the anchor" in r.getMessage()]
+    assert len(warnings) == 1, [r.getMessage() for r in caplog.records]
+    assert f"`tell_task_datasets[0]` ({tmp_path}/task.jsonl): 4 of 10 task rows already contain" in warnings[0]
+    assert "Fix:" in warnings[0]
+    twice = [r for r in _rows(prepared.train_dataset, 1) if tok.decode(r["input_ids"]).count(ANCHOR) == 2]
+    assert len(twice) == 4 * 3  # what the warning is about: 4 rows x 3 repeats hold it twice
+
+
 def test_over_long_task_rows_are_an_error_not_a_silent_drop(load_cfg, tiny_model, tmp_path):
     with pytest.raises(TellDataError, match=r"row \d+: \d+ tokens > sequence_len 64"):
         _prepare(load_cfg, tmp_path, tiny_model, sequence_len=64)
