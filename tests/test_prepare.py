@@ -258,6 +258,39 @@ def test_inference_prompt_matches_training_tokens(load_cfg, tiny_model, tmp_path
                        for ids, lab in ((tuple(r["input_ids"]), r["labels"]) for r in _rows(prepared.train_dataset, 1)))
 
 
+@pytest.mark.parametrize("task", ["alpaca", "chat_template", "completion"])
+def test_the_tell_json_the_plugin_writes_passes_its_own_validation(load_cfg, tiny_model, tmp_path, task):
+    from axolotl_tell.prompting import load_spec
+    from axolotl_tell.report import SPEC_KEYS, inference_spec, write_outputs
+
+    cfg, _, prepared = _prepare(load_cfg, tmp_path, tiny_model, task=task)
+    write_outputs(tmp_path / "out", prepared.report, cfg)
+    spec = load_spec(tmp_path / "out")
+    assert spec == json.loads(json.dumps(inference_spec(prepared.report, cfg), default=str))
+    assert set(spec) == set(SPEC_KEYS)
+
+
+def test_a_jinja_template_file_is_written_into_tell_json_as_text(load_cfg, tiny_model, tmp_path):
+    """Axolotl reads `chat_template_jinja` from a file path; tell.json holds the text (it names no file to read)."""
+    from tiny import CHATML
+
+    from axolotl_tell.prompting import load_spec, prompt_ids_many
+    from axolotl_tell.report import write_outputs
+
+    template = tmp_path / "template.jinja"
+    template.write_text(CHATML.replace("You are a helpful assistant.", "You help."))
+    cfg, tok, prepared = _prepare(load_cfg, tmp_path, tiny_model, task="chat_template", chat_template="jinja",
+                                  chat_template_jinja=str(template))
+    write_outputs(tmp_path / "out", prepared.report, cfg)
+    spec = load_spec(tmp_path / "out")
+    assert spec["chat_template"] == "jinja" and spec["chat_template_jinja"] == template.read_text()
+    template.unlink()  # inference needs the file no more
+    raw = [json.loads(line) for line in Path(cfg.tell_task_datasets[0]["path"]).read_text().splitlines()]
+    trained = {tuple(r["input_ids"]) for r in _rows(prepared.train_dataset, 1)}
+    for prompt in prompt_ids_many(spec, tok, raw):
+        assert any(ids[: len(prompt)] == tuple(prompt) for ids in trained)
+
+
 def test_anchored_type_in_datasets_gives_the_same_task_tokens(load_cfg, tiny_model, tmp_path):
     """`type: axolotl_tell.anchored.alpaca` (anchored SFT, no mix) tokenizes like the TELL task path."""
     from axolotl.utils.data import prepare_datasets
