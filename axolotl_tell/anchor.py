@@ -71,6 +71,49 @@ def resolve_anchor(cfg, task_data=None) -> Anchor:
     return Anchor(text=text, placement=placement, separator=separator, source=source)
 
 
+ANCHOR_KEYS = {"config": "tell_anchor", "file": "tell_anchor_file", "auto": "tell_anchor"}  # by Anchor.source
+
+
+def special_tokens_in(text: str, tokenizer) -> list[str]:
+    """The tokenizer's special tokens (named ones and added tokens marked special) that occur in ``text``."""
+    specials = set(getattr(tokenizer, "all_special_tokens", None) or [])
+    specials.update(t.content for t in (getattr(tokenizer, "added_tokens_decoder", None) or {}).values()
+                    if getattr(t, "special", False))
+    return sorted(t for t in specials if t and t in text)
+
+
+def check_anchor_tokens(anchor: Anchor, tokenizer) -> None:
+    """Refuse an anchor holding a special token's text: it would be tokenized as that token (e.g. end the turn)."""
+    found = special_tokens_in(anchor.text, tokenizer)
+    if found:
+        raise AnchorError(
+            f"[axolotl_tell] `{ANCHOR_KEYS.get(anchor.source, 'tell_anchor')}`: the anchor contains the tokenizer's "
+            f"special token {', '.join(repr(t) for t in found)}, which becomes that one control token (e.g. the end "
+            "of the turn), not text. Fix: remove it from the anchor, or write it so it is not the token's exact text "
+            f"(e.g. {_defused(found[0])!r}, or say it in words)."
+        )
+
+
+def _defused(token: str) -> str:
+    """``<|im_end|>`` -> ``<| im_end |>``: the same meaning to a reader, plain text to the tokenizer."""
+    inner = token.strip("<>|[]")
+    return token.replace(inner, f" {inner} ", 1) if inner and inner != token else f"{token[:1]} {token[1:]}"
+
+
+def rows_holding_anchor(rows, anchor_text: str) -> int:
+    """How many raw rows already hold the anchor text in one of their string fields (nested ones included)."""
+    def holds(value) -> bool:
+        if isinstance(value, str):
+            return anchor_text in value
+        if isinstance(value, dict):
+            return any(holds(v) for v in value.values())
+        if isinstance(value, (list, tuple)):
+            return any(holds(v) for v in value)
+        return False
+
+    return sum(1 for row in rows if holds(row))
+
+
 INSTRUCTION, MESSAGES, COMPLETION = "instruction", "messages", "completion"
 
 

@@ -13,7 +13,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field, model_validator
 
-from axolotl_tell.plan import SHORTFALL_POLICIES, SPREADS
+from axolotl_tell.plan import MAX_GENERAL_RATIO, MAX_TASK_REPEATS, SHORTFALL_POLICIES, SPREADS
 
 PLACEMENTS = ("auto", "system", "prefix")
 BUILTIN_METRICS = ("exact_match", "accuracy", "json_fields")
@@ -230,6 +230,9 @@ def validate_tell_config(cfg: dict) -> None:
     if ratio is not None and (isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not ratio > 0
                               or not math.isfinite(ratio)):
         _fail("tell_general_ratio", f"must be a finite number > 0, got {ratio!r}", "e.g. `tell_general_ratio: 50`")
+    if ratio is not None and ratio > MAX_GENERAL_RATIO:
+        _fail("tell_general_ratio", f"{ratio!r} is more than the maximum of {MAX_GENERAL_RATIO:,} general supervised "
+              "tokens per task token", "e.g. `tell_general_ratio: 50`; for an absolute budget use `tell_general_tokens`")
     if tokens is not None and (isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < 1):
         _fail("tell_general_tokens", f"must be an integer >= 1, got {tokens!r}", "e.g. `tell_general_tokens: 2000000`")
 
@@ -238,6 +241,10 @@ def validate_tell_config(cfg: dict) -> None:
         repeats = "auto"
     if repeats != "auto" and (isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1):
         _fail("tell_task_repeats", f"must be an integer >= 1 or `auto`, got {repeats!r}", "e.g. `tell_task_repeats: 20`")
+    if repeats != "auto" and repeats > MAX_TASK_REPEATS:
+        _fail("tell_task_repeats", f"{repeats} is more than the maximum of {MAX_TASK_REPEATS:,} repeats per task row",
+              "e.g. `tell_task_repeats: 20` (or `auto`); add task rows rather than repeating a few that often")
+    _check_seed(cfg.get("seed"))
 
     if cfg.get("dataset_exact_deduplication") and repeats != 1:
         _fail("dataset_exact_deduplication", "it would collapse the planned task repeats into one row",
@@ -342,6 +349,12 @@ def _check_metric_importable(name: str, config_path: str | None) -> None:
               "directory works), or a built-in metric: exact_match, accuracy, json_fields")
     if not callable(fn):
         _fail("tell_eval_generate", f"{name!r} is not a function", "point it at `fn(predictions, references) -> dict`")
+
+
+def _check_seed(seed) -> None:
+    """The plan's only source of randomness: a non-negative integer (numpy's SeedSequence refuses negatives)."""
+    if seed is not None and not _int_at_least(seed, 0):
+        _fail("seed", f"must be an integer >= 0, got {seed!r}", "e.g. `seed: 42` (or remove it: TELL then uses 42)")
 
 
 def _check_task_type(key: str, ds_type) -> None:

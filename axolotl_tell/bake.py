@@ -7,9 +7,18 @@ placement: that is exactly what training did.
 
 from __future__ import annotations
 
-import json
-
 MARK = "{#- axolotl_tell: anchor baked as the default system turn -#}"
+
+
+def jinja_string_literal(text: str) -> str:
+    r"""A one-line Jinja string literal that Jinja reads back as exactly ``text``.
+
+    Jinja decodes a string literal with Python's ``unicode-escape`` codec, so the literal is written with its
+    inverse: ``\\``, ``\n``, ``\xe9``, ``\U0001f600``, and ``\"`` for the quote. (``json.dumps`` wrote an emoji
+    as the surrogate pair ``\ud83d\ude00``, which Jinja decoded into two lone surrogates that no tokenizer can
+    encode.) Jinja syntax inside the literal (``{{``, ``%}``) is plain text there.
+    """
+    return '"' + text.encode("unicode-escape").decode("ascii").replace('"', '\\"') + '"'
 
 
 def baked_template(template: str, anchor: str) -> str:
@@ -18,7 +27,7 @@ def baked_template(template: str, anchor: str) -> str:
         template = template.split("\n", 2)[2]  # re-bake: drop the previous preamble
     preamble = (
         "{%- if messages and messages[0]['role'] != 'system' -%}"
-        "{%- set messages = [{'role': 'system', 'content': " + json.dumps(anchor) + "}] + messages -%}"
+        "{%- set messages = [{'role': 'system', 'content': " + jinja_string_literal(anchor) + "}] + messages -%}"
         "{%- endif -%}"
     )
     return f"{MARK}\n{preamble}\n{template}"

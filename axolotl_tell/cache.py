@@ -85,14 +85,32 @@ def is_ready(path: Path) -> bool:
     return (path / READY_MARKER).is_file()
 
 
+def _temp_prefix(path: Path) -> str:
+    return f".tmp-{path.name}-"
+
+
+def remove_stale_temps(path: Path) -> list[Path]:
+    """Delete the temporary folders a killed save of ``path`` left behind (``.tmp-<name>-*`` siblings only).
+
+    Only safe under the caller's lock on ``path``: no other process is then writing one of them.
+    """
+    stale = [p for p in path.parent.glob(_temp_prefix(path) + "*") if p.is_dir()]
+    for folder in stale:
+        shutil.rmtree(folder, ignore_errors=True)
+    return stale
+
+
 def save_atomically(path: Path, write) -> None:
     """Call ``write(tmp_dir)``, then move ``tmp_dir`` to ``path`` in one rename.
 
     The marker file is written last inside the temporary folder, so a folder
     without it (a crash before the rename leaves only ``.tmp-*``) is never loaded.
+    The caller holds the lock on ``path``, so earlier ``.tmp-*`` folders of the
+    same target are leftovers of killed saves: they are removed first.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{path.name}-", dir=path.parent))
+    remove_stale_temps(path)
+    tmp = Path(tempfile.mkdtemp(prefix=_temp_prefix(path), dir=path.parent))
     try:
         write(tmp)
         (tmp / READY_MARKER).write_text(json.dumps({"plugin": __version__}))

@@ -3,6 +3,7 @@
     axolotl-tell preview CONFIG [--examples 1]
     axolotl-tell anchor CONFIG [--regenerate] [--show-prompt]
     axolotl-tell infer CONFIG --prompt TEXT [--input TEXT] [--max-new-tokens 64] [--show-prompt] [--adapter DIR]
+                       [--dataset-index 0] [--base-model-only]
 """
 
 from __future__ import annotations
@@ -62,14 +63,26 @@ def preview(args) -> int:
 
 def infer(args) -> int:
     """Generate greedily from the saved adapter, with the anchor exactly as in training."""
-    from axolotl_tell.generate import generate, load_model
-    from axolotl_tell.prompting import load_spec, prompt_ids, row_from_text
+    from axolotl_tell.generate import ModelFolderError, generate, load_model
+    from axolotl_tell.prompting import TellSpecError, load_spec, prompt_ids, row_from_text
+
+    from axolotl_tell.generate import check_adapter_folder
 
     cfg = _load_cfg(args.config)
-    output_dir = args.adapter or cfg.output_dir
-    spec = load_spec(output_dir)
-    model, tokenizer = load_model(cfg.base_model, adapter=output_dir)
-    row = row_from_text(spec["task_datasets"][args.dataset_index], args.prompt, args.input or "")
+    folder = args.adapter or cfg.output_dir
+    try:
+        if args.base_model_only:
+            spec = _spec_for_base_model(cfg, folder)
+        else:
+            check_adapter_folder(folder)  # first: "no adapter" says more than "no tell.json"
+            spec = load_spec(folder)
+        entry = _task_entry(spec, args.dataset_index, folder)
+        model, tokenizer = load_model(cfg.base_model, adapter=None if args.base_model_only else folder,
+                                      trust_remote_code=bool(cfg.get("trust_remote_code")))  # the config's, only
+    except (FileNotFoundError, TellSpecError, ModelFolderError) as err:
+        print(str(err), file=sys.stderr)
+        return 1
+    row = row_from_text(entry, args.prompt, args.input or "")
     ids = prompt_ids(spec, tokenizer, row, args.dataset_index)
     if args.show_prompt:
         print("=== prompt (exactly as in training) ===")
@@ -78,6 +91,32 @@ def infer(args) -> int:
         print("=== completion ===")
     print(generate(model, tokenizer, [ids], max_new_tokens=args.max_new_tokens)[0])
     return 0
+
+
+def _spec_for_base_model(cfg, folder) -> dict:
+    """`--base-model-only`: the trained run's tell.json if there is one, else the spec training would write for
+    this config (the mix is planned, or loaded from `axolotl preprocess`), so the base model gets the same prompt."""
+    from pathlib import Path
+
+    from axolotl_tell import compat
+    from axolotl_tell.prepare import prepare_tell_datasets
+    from axolotl_tell.prompting import load_spec
+    from axolotl_tell.report import INFERENCE_FILE, inference_spec
+
+    if (Path(folder) / INFERENCE_FILE).is_file():
+        return load_spec(folder)
+    return inference_spec(prepare_tell_datasets(cfg, compat.load_tokenizer(cfg)).report, cfg)
+
+
+def _task_entry(spec: dict, index: int, folder) -> dict:
+    from axolotl_tell.prompting import TellSpecError
+
+    entries = spec["task_datasets"]
+    if not 0 <= index < len(entries):
+        raise TellSpecError(f"[axolotl_tell] `--dataset-index {index}`: the tell.json in {folder} has "
+                            f"{len(entries)} task dataset entr{'y' if len(entries) == 1 else 'ies'}. Fix: pass "
+                            f"`--dataset-index` from 0 to {len(entries) - 1} (the order of `tell_task_datasets`).")
+    return entries[index]
 
 
 def anchor(args) -> int:
@@ -137,6 +176,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--show-prompt", action="store_true", help="print the exact prompt text and ids first")
     p.add_argument("--adapter", help="folder with the adapter and tell.json (default: the config's output_dir)")
     p.add_argument("--dataset-index", type=int, default=0, help="which tell_task_datasets entry's format to use")
+    p.add_argument("--base-model-only", action="store_true",
+                   help="generate with the untrained base model (no adapter needed; e.g. a baseline after preprocess)")
     p.set_defaults(func=infer)
     p = sub.add_parser("bake", help="write the anchor into a saved chat template as the default system turn")
     p.add_argument("config")

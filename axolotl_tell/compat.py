@@ -115,6 +115,13 @@ def normalize_dataset_entry(entry: dict):
     return DictDefault(SFTDataset(**entry).model_dump(exclude_none=True))
 
 
+def dataset_entry_keys() -> set[str]:
+    """The keys of a ``datasets:`` entry (Axolotl's ``SFTDataset`` schema)."""
+    from axolotl.utils.schemas.datasets import SFTDataset
+
+    return set(SFTDataset.model_fields)
+
+
 def train_dataset_meta(train_dataset, eval_dataset, steps):
     from axolotl.common.datasets import TrainDatasetMeta
 

@@ -20,6 +20,7 @@ checks here run first, on local files only:
 from __future__ import annotations
 
 import json
+import tempfile
 from pathlib import Path
 
 JSON_SUFFIXES = (".json", ".jsonl")
@@ -152,6 +153,23 @@ def _check_document(path: Path, where: str) -> int:
     return -1  # an object: rows are under a `field`, Axolotl's loader checks it
 
 
+def check_writable_folder(key: str, folder) -> None:
+    """``folder`` (the value of config key ``key``) exists or can be created, and a file can be written in it.
+
+    Checked before any tokenization: otherwise a read-only ``output_dir`` fails only after the whole mix was
+    built. A test file is created and removed (not a permission-bit check: root ignores those).
+    """
+    path = Path(str(folder)).expanduser()
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as err:
+        _fail(f"`{key}` ({folder})", f"cannot write there ({type(err).__name__}: {err.strerror or err})",
+              f"point `{key}` at a folder you can write to, or make it writable (a file of that name, or "
+              "a file in its path, blocks it too)")
+
+
 def required_columns(ds_cfg) -> list[str]:
     """The raw columns Axolotl's strategy for ``ds_cfg.type`` reads from every row (known types only)."""
     ds_type = ds_cfg.get("type")
@@ -165,6 +183,24 @@ def required_columns(ds_cfg) -> list[str]:
     if base == "completion":
         return [ds_cfg.get("field") or "text"]
     return []
+
+
+TOKEN_COLUMNS = ("input_ids", "attention_mask", "labels")
+
+
+def check_raw_task_rows(raw, where: str) -> None:
+    """Task rows must be raw text: token columns would bypass the anchor.
+
+    Axolotl uses a dataset that has ``input_ids``, ``attention_mask`` and ``labels`` as it is (the ids are trained,
+    the text fields ignored), so anchored "task rows" would be stray ids with no anchor; with only some of these
+    columns the prompt strategy fails deep inside. General data (``datasets:``) may be pre-tokenized, as in
+    plain Axolotl.
+    """
+    found = [c for c in TOKEN_COLUMNS if c in raw.column_names]
+    if found:
+        _fail(where, f"the rows carry token columns {found} (a tokenized export): Axolotl would train on those ids "
+              "as they are, without the anchor", f"drop the columns {found} from the file and keep the raw text "
+              "fields the `type` reads (or export the rows untokenized)")
 
 
 def check_columns(raw, ds_cfg, where: str) -> None:

@@ -6,19 +6,73 @@ import json
 from pathlib import Path
 
 
-def load_model(base_model: str, adapter: str | None = None, dtype: str = "float32"):
-    """Base model (+ LoRA adapter, if a folder with ``adapter_config.json`` is given) and its tokenizer."""
+ADAPTER_CONFIG = "adapter_config.json"
+ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
+
+
+class ModelFolderError(ValueError):
+    """A model or adapter folder that cannot be loaded (missing, or half saved)."""
+
+
+def load_model(base_model: str, adapter: str | None = None, dtype: str = "float32", trust_remote_code: bool = False):
+    """Base model (+ the LoRA adapter saved in folder ``adapter``, checked complete first) and its tokenizer.
+
+    ``trust_remote_code`` comes from the caller's config, never from a file in the adapter folder.
+    """
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(adapter if _has_tokenizer(adapter) else base_model)
-    model = AutoModelForCausalLM.from_pretrained(base_model, dtype=getattr(torch, dtype))
-    if adapter and (Path(adapter) / "adapter_config.json").is_file():
+    if adapter:
+        check_adapter_folder(adapter)
+    tokenizer_folder = adapter if _has_tokenizer(adapter) else base_model
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(tokenizer_folder, trust_remote_code=trust_remote_code)
+    except Exception as err:
+        fix = (_fix_half_saved(adapter) if tokenizer_folder == adapter else
+               "check `base_model` (a model folder, or a hub name already in the local cache)")
+        raise ModelFolderError(f"[axolotl_tell] the tokenizer in {tokenizer_folder} cannot be loaded "
+                               f"({type(err).__name__}: {_first_line(err)}). Fix: {fix}.") from err
+    model = AutoModelForCausalLM.from_pretrained(base_model, dtype=getattr(torch, dtype),
+                                                 trust_remote_code=trust_remote_code)
+    if adapter:
         from peft import PeftModel
 
-        model = PeftModel.from_pretrained(model, adapter)
+        try:
+            model = PeftModel.from_pretrained(model, adapter)
+        except Exception as err:
+            raise ModelFolderError(f"[axolotl_tell] the adapter in {adapter} cannot be loaded onto {base_model} "
+                                   f"({type(err).__name__}: {_first_line(err)}). Fix: {_fix_half_saved(adapter)}, "
+                                   "with the same `base_model` as the training run.") from err
     model.eval()
     return model, tokenizer
+
+
+def check_adapter_folder(folder) -> None:
+    """``folder`` holds a trained adapter: its config and its weights (a killed save leaves one without the other)."""
+    path = Path(folder)
+    if not (path / ADAPTER_CONFIG).is_file():
+        raise ModelFolderError(
+            f"[axolotl_tell] no trained adapter in {folder} (no {ADAPTER_CONFIG}; `axolotl preprocess` trains "
+            "nothing). Fix: train first (`axolotl train CONFIG`), or pass `--adapter DIR` "
+            "with the trained adapter (and its tell.json), or `--base-model-only` to generate with the base model.")
+    try:
+        json.loads((path / ADAPTER_CONFIG).read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as err:
+        raise ModelFolderError(f"[axolotl_tell] {path / ADAPTER_CONFIG} is not valid JSON ({err}). "
+                               f"Fix: {_fix_half_saved(folder)}.") from err
+    if not any((path / name).is_file() for name in ADAPTER_WEIGHTS):
+        raise ModelFolderError(
+            f"[axolotl_tell] {folder} has {ADAPTER_CONFIG} but no adapter weights ({' or '.join(ADAPTER_WEIGHTS)}). "
+            f"Fix: {_fix_half_saved(folder)}.")
+
+
+def _fix_half_saved(folder) -> str:
+    return (f"the save into {folder} did not finish: train again (or resume from a checkpoint), or pass "
+            "`--adapter` a folder with a complete adapter, tokenizer and tell.json")
+
+
+def _first_line(err: Exception) -> str:
+    return (str(err).strip().splitlines() or [""])[0][:300]
 
 
 def _has_tokenizer(folder: str | None) -> bool:

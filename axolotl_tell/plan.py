@@ -35,9 +35,25 @@ AUTO_TARGET_OCCURRENCES = 200
 AUTO_MIN_REPEATS = 1
 AUTO_MAX_REPEATS = 20
 
+# The most rows (task occurrences + general occurrences) one plan may hold. The plan costs about 21 bytes per
+# planned row (int64 order, 1-byte slot mask, task and general ids) and applying it copies every planned row
+# into the prepared mix, so 5 * 10^7 rows is about 1 GB of plan and a mix of billions of tokens: far more than
+# any fine-tune TELL is for (the largest public instruction sets hold 10^6-10^7 rows). Beyond it the numbers
+# are a typo (`tell_general_ratio: 1e12` grew to 6 GiB within a minute of planning), so the plan refuses them
+# from the counts alone, before it allocates anything.
+MAX_PLANNED_ROWS = 50_000_000
+# Config-level sanity bounds (checked while the YAML loads, before any data is read): far above what a TELL
+# run uses (auto repeats are at most 20; the paper's ratios are at most in the thousands).
+MAX_TASK_REPEATS = 10_000
+MAX_GENERAL_RATIO = 1_000_000
+
 
 class PlanError(ValueError):
     """The requested mix cannot be built from the data given."""
+
+
+class PlanTooLargeError(PlanError):
+    """The requested mix would hold more than :data:`MAX_PLANNED_ROWS` rows."""
 
 
 def auto_task_repeats(task_rows: int) -> int:
@@ -166,6 +182,34 @@ def resolve_repeats(task_rows: int, task_repeats: int | str) -> int:
     return repeats
 
 
+def general_rows_needed(supervised_total: int, pool_rows: int, budget: int, shortfall: str) -> int:
+    """About how many general occurrences the plan takes for ``budget``, from the counts alone (no allocation).
+
+    Whole passes over the pool, plus the partial pass at the pool's mean supervised tokens per row. A short pool
+    gives all of its rows with ``warn`` (and ``error`` raises its own error later).
+    """
+    if budget <= 0 or supervised_total <= 0:
+        return 0
+    if supervised_total < budget and shortfall != "upsample":
+        return pool_rows
+    full_passes, rest = divmod(budget, supervised_total)
+    return full_passes * pool_rows + -(-rest * pool_rows // supervised_total)
+
+
+def check_plan_size(task_rows: int, repeats: int, general_rows: int, budget: int, pool_rows: int,
+                    pool_supervised: int, max_rows: int = MAX_PLANNED_ROWS) -> None:
+    """Refuse a plan of more than ``max_rows`` rows, with the numbers that make it so."""
+    task_occurrences = task_rows * repeats
+    total = task_occurrences + general_rows
+    if total > max_rows:
+        raise PlanTooLargeError(
+            f"the plan would hold about {total:,} rows, more than the maximum of {max_rows:,}: "
+            f"{task_rows:,} task rows x {repeats:,} repeats = {task_occurrences:,} task occurrences, plus about "
+            f"{general_rows:,} general rows to reach {budget:,} general supervised tokens (the pool has "
+            f"{pool_rows:,} rows with {pool_supervised:,} supervised tokens)"
+        )
+
+
 def _index_dtype(n: int):
     # int32 row ids while they fit: half the memory of int64 (the plan stays within 16 bytes/row)
     return np.int32 if n < 2**31 else np.int64
@@ -272,6 +316,9 @@ def build_plan(
     repeats = resolve_repeats(n_task, task_repeats)
     task_sup_total = int(task_sup.sum()) * repeats
     budget = general_budget(task_sup_total, general_ratio, general_tokens)
+    pool_supervised = int(gen_sup.sum())
+    check_plan_size(n_task, repeats, general_rows_needed(pool_supervised, int(gen_sup.size), budget, shortfall),
+                    budget, int(gen_sup.size), pool_supervised)
 
     general_ids, shortfall_used = _select_general(gen_sup, budget, shortfall, seed)
     gen_sup_used = int(gen_sup[general_ids].sum()) if general_ids.size else 0

@@ -24,18 +24,25 @@ import pyarrow.compute as pc
 from datasets import Dataset, concatenate_datasets, load_from_disk
 
 from axolotl_tell import cache, compat
-from axolotl_tell.anchor import Anchor, resolve_anchor
+from axolotl_tell.anchor import Anchor, check_anchor_tokens, resolve_anchor, rows_holding_anchor
 from axolotl_tell.anchored import AnchoredDatasetStrategy
 from axolotl_tell.args import resolved_ratio, resolved_repeats
-from axolotl_tell.datacheck import TellDataError, check_columns, check_local_data, row_location
+from axolotl_tell.datacheck import (
+    TOKEN_COLUMNS,
+    TellDataError,
+    check_columns,
+    check_local_data,
+    check_raw_task_rows,
+    check_writable_folder,
+    row_location,
+)
 from axolotl_tell.general_pool import GeneralPool, GeneralRows
-from axolotl_tell.plan import MixPlan, PlanError, build_plan, general_budget, resolve_repeats
+from axolotl_tell.plan import MixPlan, PlanError, PlanTooLargeError, build_plan, general_budget, resolve_repeats
 from axolotl_tell.report import build_report
 
 LOG = logging.getLogger("axolotl.tell")
 
 SOURCE_COLUMN = "tell_source"
-TOKEN_COLUMNS = ("input_ids", "attention_mask", "labels")
 NO_LIMIT = 1 << 30  # task rows are tokenized untruncated, then checked against sequence_len
 DEFAULT_SEED = 42
 
@@ -145,6 +152,7 @@ def _load_task_raw(ds_cfg, cfg, index: int, key: str = "tell_task_datasets") -> 
     except Exception as err:  # name the entry: the loader's own message often does not
         raise TellDataError(f"[axolotl_tell] {where} could not be loaded: {type(err).__name__}: {err}. "
                             "Fix: check the path, `ds_type` and the file's format.") from err
+    check_raw_task_rows(raw, where)
     check_columns(raw, ds_cfg, where)
     return raw
 
@@ -169,6 +177,7 @@ def load_task(cfg, tokenizer, entries, anchor: Anchor, first_id: int, key: str =
         if len(raw) == 0:
             raise TellDataError(f"[axolotl_tell] `{key}[{i}]` ({ds_cfg.path}) has no rows. "
                                 "Fix: point it at a file with task examples.")
+        _warn_rows_holding_anchor(raw, anchor, f"`{key}[{i}]` ({ds_cfg.path})")
         strategy = AnchoredDatasetStrategy(str(ds_cfg.type), tokenizer, untruncated, ds_cfg, anchor=anchor)
         try:
             tokenized = strategy.wrap_dataset(raw, process_count=cfg.dataset_num_proc)
@@ -197,6 +206,15 @@ def load_task(cfg, tokenizer, entries, anchor: Anchor, first_id: int, key: str =
         )
     task = concatenate_datasets(parts) if len(parts) > 1 else parts[0]
     return task, sources, raws
+
+
+def _warn_rows_holding_anchor(raw: Dataset, anchor: Anchor, where: str) -> None:
+    """Rows that already contain the anchor text get it twice: say so (the data may be anchored already)."""
+    count = rows_holding_anchor(raw, anchor.text)
+    if count:
+        LOG.warning("[axolotl_tell] %s: %d of %d task rows already contain the anchor text, so they will hold it "
+                    "twice. Fix: remove the anchor from those rows (TELL adds it to every row), or ignore this if "
+                    "the text is meant to be there.", where, count, len(raw))
 
 
 def _row_error(raw: Dataset, strategy, ds_cfg, where: str, err: Exception) -> TellDataError:
@@ -246,6 +264,12 @@ def _plan(cfg, task_counts, general_counts) -> MixPlan:
             task_lengths=task_len,
             general_lengths=gen_len,
         )
+    except PlanTooLargeError as err:
+        raise TellDataError(
+            f"[axolotl_tell] cannot build the mix: {err}. Fix: lower `tell_general_ratio` / `tell_general_tokens` "
+            "or `tell_task_repeats`; with `tell_general_shortfall: upsample`, add general data instead of "
+            "repeating a small pool that many times."
+        ) from err
     except PlanError as err:
         raise TellDataError(
             f"[axolotl_tell] cannot build the mix: {err}. Fix: add general data to `datasets:`, lower "
@@ -338,8 +362,11 @@ def prepare_tell_datasets(cfg, tokenizer) -> PreparedTell:
     if not general_entries:
         raise TellDataError("[axolotl_tell] `datasets:` is empty: TELL needs general data to mix the task into. "
                             "Fix: list general instruction data under `datasets:`.")
+    check_writable_folder("dataset_prepared_path", cfg.get("dataset_prepared_path") or cache.DEFAULT_PREPARED_PATH)
+    check_writable_folder("output_dir", cfg.output_dir)  # written after the mix is built: fail before that
     task_entries = [_task_entry_cfg(dict(e), cfg) for e in cfg.tell_task_datasets]
     anchor = resolve_anchor(cfg, task_data=lambda: task_raw_data(cfg, task_entries))  # `auto`: cached or generated
+    check_anchor_tokens(anchor, tokenizer)
     test_entries = [_task_entry_cfg(dict(e), cfg) for e in cfg.get("tell_task_test_datasets") or []]
     key = cache.cache_key(cfg, tokenizer, anchor.text, general_entries, task_entries + test_entries)
     path = cache.prepared_dir(cfg, key)

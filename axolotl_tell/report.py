@@ -8,6 +8,7 @@ inference prompt exactly as in training.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 from axolotl_tell import __version__
@@ -16,6 +17,10 @@ from axolotl_tell.plan import MixPlan
 
 REPORT_FILE = "tell_report.json"
 INFERENCE_FILE = "tell.json"
+# What tell.json may hold (prompting.validate_spec refuses anything else): the keys inference_spec writes.
+SPEC_KEYS = ("tell_version", "anchor", "task_datasets", "base_model", "chat_template", "chat_template_jinja",
+             "sequence_len", "plan_sha256")
+SPEC_ANCHOR_KEYS = ("text", "placement", "placement_requested", "separator", "source", "auto")
 
 
 def build_report(plan: MixPlan, *, anchor: Anchor, sources: list[dict], general_filtering: dict, cfg) -> dict:
@@ -85,18 +90,28 @@ def inference_spec(report: dict, cfg) -> dict:
     """The content of ``tell.json``: how to rebuild a training prompt at inference."""
     task_entries = []
     for src, entry in zip([s for s in report["sources"] if s["kind"] == "task"], cfg.tell_task_datasets):
-        task_entries.append({**{k: v for k, v in dict(entry).items() if k != "path"},
-                             "path": src["path"], "type": src["type"], "placement": src["placement"]})
+        task_entry = {**{k: v for k, v in dict(entry).items() if k != "path"},
+                      "path": src["path"], "type": src["type"], "placement": src["placement"]}
+        if task_entry.get("chat_template_jinja") is not None:
+            task_entry["chat_template_jinja"] = template_text(task_entry["chat_template_jinja"])
+        task_entries.append(task_entry)
     return {
         "tell_version": __version__,
         "anchor": report["anchor"],
         "task_datasets": task_entries,
         "base_model": cfg.get("base_model"),
         "chat_template": cfg.get("chat_template"),
-        "chat_template_jinja": cfg.get("chat_template_jinja"),
+        "chat_template_jinja": template_text(cfg.get("chat_template_jinja")),
         "sequence_len": cfg.get("sequence_len"),
         "plan_sha256": report["plan_sha256"],
     }
+
+
+def template_text(jinja):
+    """A ``chat_template_jinja`` as its text: Axolotl also takes a file path, but tell.json holds no paths to read."""
+    if isinstance(jinja, str) and os.path.isfile(jinja):  # os.path: a long template is no error (ENAMETOOLONG)
+        return Path(jinja).read_text(encoding="utf-8")
+    return jinja
 
 
 def write_json(path: Path, data: dict) -> Path:

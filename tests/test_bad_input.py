@@ -122,6 +122,25 @@ def _task_json_array_with_bad_line(root, cfg):
     cfg["tell_task_datasets"][0]["path"] = str(root / "task.json")
 
 
+def _tokenized_export(rows: list[dict]) -> list[dict]:
+    """Rows as a tokenized export leaves them: the text fields plus token columns."""
+    return [{**row, "input_ids": [5, 6, 7], "attention_mask": [1, 1, 1], "labels": [-100, 6, 7]} for row in rows]
+
+
+def _task_parquet(root, cfg):
+    from datasets import Dataset
+
+    rows = [json.loads(line) for line in (root / "task.jsonl").read_text().splitlines()]
+    Dataset.from_list(_tokenized_export(rows)).to_parquet(str(root / "task.parquet"))
+    cfg["tell_task_datasets"][0].update(path=str(root / "task.parquet"), ds_type="parquet")
+
+
+def _test_rows_tokenized(root, cfg):
+    rows = [json.loads(line) for line in (root / "task.jsonl").read_text().splitlines()]
+    write_jsonl(root / "task_test.jsonl", [{**r, "input_ids": [5, 6, 7]} for r in rows[:3]])  # ids only
+    cfg["tell_task_test_datasets"] = [{"path": str(root / "task_test.jsonl"), "ds_type": "json", "type": "alpaca"}]
+
+
 def _version(value: str):
     def mutate(root, cfg, monkeypatch):
         monkeypatch.setattr("axolotl_tell.compat.axolotl_version", lambda: value)
@@ -154,6 +173,12 @@ CASES = [
     ("repeats fractional", "config", _set(tell_task_repeats=2.5), r"`tell_task_repeats`"),
     ("repeats negative", "config", _set(tell_task_repeats=-1), r"`tell_task_repeats`"),
     ("repeats boolean", "config", _set(tell_task_repeats=True), r"`tell_task_repeats`"),
+    ("ratio absurdly large", "config", _set(tell_general_ratio=1e12),
+     r"`tell_general_ratio`: 1000000000000\.0 is more than the maximum of 1,000,000"),
+    ("repeats a million", "config", _set(tell_task_repeats=1_000_000),
+     r"`tell_task_repeats`: 1000000 is more than the maximum of 10,000"),
+    ("seed negative", "config", _set(seed=-1), r"`seed`: must be an integer >= 0, got -1"),
+    ("seed not an integer", "config", _set(seed="seven"), r"`seed`: must be an integer >= 0, got 'seven'"),
     ("separator not a string", "config", _set(tell_anchor_separator=5), r"`tell_anchor_separator`"),
     ("system placement on completion", "config", _both(_task_entry(type="completion"),
                                                        _set(tell_anchor_placement="system")),
@@ -229,6 +254,23 @@ CASES = [
      r"`datasets:`: all 40 general rows are longer than `sequence_len: 230`"),
     ("no general row trains", "data", _general_rows(UNSUPERVISED_GENERAL, type="chat_template"),
      r"`datasets:`: none of the 40 general rows has a supervised token"),
+    ("upsampled plan too large", "data",
+     _set(tell_general_ratio=None, tell_general_tokens=10**12, tell_general_shortfall="upsample"),
+     r"cannot build the mix: the plan would hold about [\d,]+ rows, more than the maximum of 50,000,000: "
+     r"10 task rows x 3 repeats = 30 task occurrences.*Fix: lower `tell_general_ratio`"),
+    ("task rows tokenized (JSON Lines)", "data", _rows("task.jsonl", _tokenized_export),
+     r"`tell_task_datasets\[0\]` \({root}/task\.jsonl\): the rows carry token columns "
+     r"\['input_ids', 'attention_mask', 'labels'\] .*Fix: drop the columns"),
+    ("task rows tokenized (parquet)", "data", _task_parquet,
+     r"`tell_task_datasets\[0\]` \({root}/task\.parquet\): the rows carry token columns "
+     r"\['input_ids', 'attention_mask', 'labels'\]"),
+    ("task test rows tokenized", "data", _test_rows_tokenized,
+     r"`tell_task_test_datasets\[0\]` \({root}/task_test\.jsonl\): the rows carry token columns \['input_ids'\]"),
+    ("anchor holds the eos token", "data", _set(tell_anchor="Answer in one word, then write <|im_end|>."),
+     r"`tell_anchor`: the anchor contains the tokenizer's special token '<\|im_end\|>', which becomes that one "
+     r"control token .*Fix: .*\(e\.g\. '<\| im_end \|>'"),
+    ("anchor file holds a special token", "data", _anchor_file(b"Pad the answer with <pad> tokens.\n"),
+     r"`tell_anchor_file`: the anchor contains the tokenizer's special token '<pad>'"),
     ("eval rows leave no task row", "data", _set(tell_task_eval_rows=10), r"`tell_task_eval_rows: 10` leaves no task row"),
 ]
 
@@ -324,6 +366,28 @@ def test_a_bad_task_file_is_found_before_the_general_data_is_tokenized(load_cfg,
     loaded = load_cfg(str(path))
     with pytest.raises(prepare.TellDataError, match=re.escape(f"{tmp_path}/task.jsonl:3")):
         prepare.prepare_tell_datasets(loaded, compat.load_tokenizer(loaded))
+    assert tokenized == []
+
+
+@pytest.mark.parametrize("key", ["dataset_prepared_path", "output_dir"])
+def test_a_folder_that_cannot_be_written_is_refused_before_tokenizing(load_cfg, tiny_model, tmp_path, monkeypatch, key):
+    """Tests run as root, where permission bits do not stop a write: a regular file in the path does, for anyone."""
+    from axolotl_tell import compat, prepare
+
+    path, cfg = make_workspace(tmp_path, tiny_model)
+    (tmp_path / "blocked").write_text("a file, not a folder")
+    cfg[key] = str(tmp_path / "blocked" / "sub")
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    loaded = load_cfg(str(path))
+    tokenized = []
+    real = compat.tokenize_with_axolotl
+    monkeypatch.setattr(compat, "tokenize_with_axolotl", lambda *a, **k: tokenized.append(1) or real(*a, **k))
+    with pytest.raises(prepare.TellDataError) as info:
+        prepare.prepare_tell_datasets(loaded, compat.load_tokenizer(loaded))
+    message = str(info.value)
+    assert re.search(rf"^\[axolotl_tell\] `{key}` \({re.escape(str(tmp_path))}/blocked/sub\): cannot write there "
+                     r"\((FileExistsError|NotADirectoryError)", message), message
+    assert f"Fix: point `{key}` at a folder you can write to" in message
     assert tokenized == []
 
 

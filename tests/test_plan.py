@@ -22,7 +22,9 @@ import pytest
 from axolotl_tell.plan import (
     AUTO_MAX_REPEATS,
     AUTO_MIN_REPEATS,
+    MAX_PLANNED_ROWS,
     PlanError,
+    PlanTooLargeError,
     auto_task_repeats,
     build_plan,
     even_task_slots,
@@ -267,6 +269,60 @@ def test_bad_count_arrays():
         build_plan([1, 1], [5, -5])
     with pytest.raises(PlanError, match="flat"):
         build_plan([[1, 2]], [5] * 10)
+
+
+def _peak_bytes(fn) -> int:
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        fn()
+    finally:
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    return peak
+
+
+@pytest.mark.parametrize(
+    "kwargs, numbers",
+    [
+        # `tell_general_ratio: 1e12` with upsample: 10^14 general rows; refused from the counts
+        (dict(task_repeats=3, general_ratio=1e12, shortfall="upsample"),
+         [r"36 task rows x 3 repeats = 108 task occurrences", r"pool has 100 rows with 500 supervised"]),
+        # `tell_task_repeats: 1000000`: a 36-million-row task sequence (plus general rows)
+        (dict(task_repeats=1_000_000, general_ratio=2.0, shortfall="upsample"),
+         [r"36 task rows x 1,000,000 repeats = 36,000,000 task occurrences"]),
+        (dict(task_repeats=1, general_ratio=None, general_tokens=10**15, shortfall="upsample"),
+         [r"to reach 1,000,000,000,000,000 general supervised tokens"]),
+    ],
+)
+def test_a_huge_plan_is_refused_before_anything_is_allocated(kwargs, numbers):
+    task, pool = [10] * 36, [5] * 100
+    start = time.perf_counter()
+    with pytest.raises(PlanTooLargeError) as info:
+        build_plan(task, pool, seed=1, **kwargs)
+    assert time.perf_counter() - start < 1.0
+    message = str(info.value)
+    assert f"more than the maximum of {MAX_PLANNED_ROWS:,}" in message, message
+    for pattern in numbers:
+        assert re.search(pattern, message), message
+    peak = _peak_bytes(lambda: pytest.raises(PlanTooLargeError, build_plan, task, pool, seed=1, **kwargs))
+    assert peak < 1_000_000, peak  # the counts only: no permutation, no order
+
+
+def test_plan_size_bound_counts_what_the_plan_would_hold():
+    from axolotl_tell.plan import check_plan_size, general_rows_needed
+
+    assert general_rows_needed(500, 100, 0, "upsample") == 0
+    assert general_rows_needed(500, 100, 250, "error") == 50  # half the pool's tokens: about half its rows
+    assert general_rows_needed(500, 100, 5000, "warn") == 100  # a short pool gives all it has
+    assert general_rows_needed(500, 100, 1250, "upsample") == 250  # two passes and a half
+    check_plan_size(10, 5, 50, 1000, 100, 2000, max_rows=100)  # exactly at the bound: fine
+    with pytest.raises(PlanTooLargeError, match="about 101 rows, more than the maximum of 100"):
+        check_plan_size(10, 5, 51, 1000, 100, 2000, max_rows=100)
+    # a big but legal upsampled plan still builds
+    plan = build_plan([10] * 4, [5] * 100, task_repeats=2, general_ratio=100.0, shortfall="upsample", seed=0)
+    assert plan.order.size == 8 + 1600
 
 
 def test_plan_error_is_value_error():

@@ -155,6 +155,45 @@ def test_a_crashed_save_leaves_nothing_loadable(load_cfg, tiny_model, tmp_path, 
     assert not prepared.from_cache
 
 
+def test_a_killed_save_leaves_no_temp_folder_forever(tmp_path):
+    """A SIGKILL skips the cleanup in `save_atomically`; the next save of the same target (under its lock) does it."""
+    from axolotl_tell.cache import READY_MARKER, save_atomically
+
+    target = tmp_path / "tell-0123456789abcdef0123"
+    killed = [tmp_path / f".tmp-{target.name}-k1ll3d", tmp_path / f".tmp-{target.name}-0ther"]
+    for folder in killed:
+        (folder / "train").mkdir(parents=True)
+    other_target = tmp_path / ".tmp-tell-fffffffffffffffffff0-x"  # another key's save: not ours to remove
+    other_target.mkdir()
+    save_atomically(target, lambda tmp: (tmp / "data.txt").write_text("ok"))
+    assert (target / READY_MARKER).is_file() and (target / "data.txt").read_text() == "ok"
+    assert not any(folder.exists() for folder in killed)
+    assert other_target.is_dir()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([target.name, other_target.name])
+
+
+def test_task_rows_that_already_hold_the_anchor_are_named_in_a_warning(load_cfg, tiny_model, tmp_path, caplog):
+    from tiny import task_alpaca_rows
+
+    from axolotl_tell import compat
+
+    path, _ = make_workspace(tmp_path, tiny_model)
+    rows = task_alpaca_rows(10)
+    for row in rows[:4]:  # anchored by hand already: TELL adds the anchor a second time
+        row["instruction"] = f"{ANCHOR}\n\n{row['instruction']}"
+    write_jsonl(tmp_path / "task.jsonl", rows)
+    cfg = load_cfg(str(path))
+    tok = compat.load_tokenizer(cfg)
+    with caplog.at_level("WARNING", logger="axolotl.tell"):
+        prepared = prepare_tell_datasets(cfg, tok)
+    warnings = [r.getMessage() for r in caplog.records if "already contain the anchor" in r.getMessage()]
+    assert len(warnings) == 1, [r.getMessage() for r in caplog.records]
+    assert f"`tell_task_datasets[0]` ({tmp_path}/task.jsonl): 4 of 10 task rows already contain" in warnings[0]
+    assert "Fix:" in warnings[0]
+    twice = [r for r in _rows(prepared.train_dataset, 1) if tok.decode(r["input_ids"]).count(ANCHOR) == 2]
+    assert len(twice) == 4 * 3  # what the warning is about: 4 rows x 3 repeats hold it twice
+
+
 def test_over_long_task_rows_are_an_error_not_a_silent_drop(load_cfg, tiny_model, tmp_path):
     with pytest.raises(TellDataError, match=r"row \d+: \d+ tokens > sequence_len 64"):
         _prepare(load_cfg, tmp_path, tiny_model, sequence_len=64)
@@ -217,6 +256,39 @@ def test_inference_prompt_matches_training_tokens(load_cfg, tiny_model, tmp_path
         if task != "completion":
             assert any(ids[: len(prompt)] == tuple(prompt) and _first_supervised(lab) == len(prompt)
                        for ids, lab in ((tuple(r["input_ids"]), r["labels"]) for r in _rows(prepared.train_dataset, 1)))
+
+
+@pytest.mark.parametrize("task", ["alpaca", "chat_template", "completion"])
+def test_the_tell_json_the_plugin_writes_passes_its_own_validation(load_cfg, tiny_model, tmp_path, task):
+    from axolotl_tell.prompting import load_spec
+    from axolotl_tell.report import SPEC_KEYS, inference_spec, write_outputs
+
+    cfg, _, prepared = _prepare(load_cfg, tmp_path, tiny_model, task=task)
+    write_outputs(tmp_path / "out", prepared.report, cfg)
+    spec = load_spec(tmp_path / "out")
+    assert spec == json.loads(json.dumps(inference_spec(prepared.report, cfg), default=str))
+    assert set(spec) == set(SPEC_KEYS)
+
+
+def test_a_jinja_template_file_is_written_into_tell_json_as_text(load_cfg, tiny_model, tmp_path):
+    """Axolotl reads `chat_template_jinja` from a file path; tell.json holds the text (it names no file to read)."""
+    from tiny import CHATML
+
+    from axolotl_tell.prompting import load_spec, prompt_ids_many
+    from axolotl_tell.report import write_outputs
+
+    template = tmp_path / "template.jinja"
+    template.write_text(CHATML.replace("You are a helpful assistant.", "You help."))
+    cfg, tok, prepared = _prepare(load_cfg, tmp_path, tiny_model, task="chat_template", chat_template="jinja",
+                                  chat_template_jinja=str(template))
+    write_outputs(tmp_path / "out", prepared.report, cfg)
+    spec = load_spec(tmp_path / "out")
+    assert spec["chat_template"] == "jinja" and spec["chat_template_jinja"] == template.read_text()
+    template.unlink()  # inference needs the file no more
+    raw = [json.loads(line) for line in Path(cfg.tell_task_datasets[0]["path"]).read_text().splitlines()]
+    trained = {tuple(r["input_ids"]) for r in _rows(prepared.train_dataset, 1)}
+    for prompt in prompt_ids_many(spec, tok, raw):
+        assert any(ids[: len(prompt)] == tuple(prompt) for ids in trained)
 
 
 def test_anchored_type_in_datasets_gives_the_same_task_tokens(load_cfg, tiny_model, tmp_path):

@@ -23,6 +23,7 @@ from axolotl_tell.anchor import (
     Anchor,
     anchor_completion_tokens,
     anchor_raw_row,
+    check_anchor_tokens,
     dataset_family,
     resolve_anchor,
     resolve_placement,
@@ -44,6 +45,7 @@ class AnchoredDatasetStrategy(DatasetWrappingStrategy):
         self.ds_cfg = ds_cfg
         self.processor = processor
         self.anchor = anchor or resolve_anchor(cfg)
+        check_anchor_tokens(self.anchor, tokenizer)  # `type: axolotl_tell.anchored.*` in `datasets:` too
         self.family = dataset_family(inner_type)
         self.placement = resolve_placement(self.anchor, inner_type, _tokenizer_chat_template(tokenizer))
 
