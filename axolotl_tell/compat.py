@@ -136,17 +136,22 @@ def load_tokenizer(cfg):
 
 def keep_last_partial_pack_batch(trainer) -> None:
     """Axolotl's multipack sampler drops a last batch of fewer than ``micro_batch_size`` packs (real-batches
-    geometry): with an even spread it can hold task occurrences. Rebuild it with ``drop_last`` off.
+    geometry): with an even spread it can hold task occurrences. On one process, rebuild the training sampler
+    with ``drop_last`` off.
 
-    Only for the training sampler; the sampler is recounted (``len``), which every rank does, as Axolotl does.
+    Not on several ranks: accelerate copies ``drop_last`` into its per-rank sampler, and with ``even_batches`` off
+    the ranks would get different numbers of batches (a hang under FSDP/ZeRO-3); there the last packs mod world
+    size stay untrained, as the README says. Not for the eval sampler (the same method builds it).
     """
     create = getattr(trainer, "_create_multipack_sampler", None)
-    if create is None:
+    if create is None or int(getattr(trainer.args, "world_size", 1) or 1) > 1:
         return
 
     def create_keeping_last(*args, **kwargs):
         sampler = create(*args, **kwargs)
-        if getattr(sampler, "drop_last", False):
+        dataset = kwargs.get("dataset", args[1] if len(args) > 1 else None)
+        training = kwargs.get("is_training", True) and (dataset is None or dataset is trainer.train_dataset)
+        if training and getattr(sampler, "drop_last", False) and getattr(sampler, "batch_size", 1) > 1:
             sampler.drop_last = False
             sampler._batches = None
             sampler._len_across_ranks = None

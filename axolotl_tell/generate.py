@@ -123,9 +123,10 @@ def generate(model, tokenizer, prompts: list[list[int]], max_new_tokens: int = 6
             if not _is_out_of_memory(err) or size == 1:
                 raise
             size = max(1, size // 2)
-            _empty_cache()
+        else:
+            start += len(idx)
             continue
-        start += len(idx)
+        _empty_cache()  # outside the except block: the traceback no longer holds the batch's tensors
     return [texts[i] for i in range(len(prompts))]
 
 

@@ -130,12 +130,15 @@ def trained_section(report: dict, trained: dict | None, steps_planned: int | Non
     steps = trained["steps"] if trained else None
     section = {"steps": steps, "steps_planned": steps_planned, "max_steps": int(max_steps) if max_steps else None,
                "complete": bool(steps is not None and steps_planned and steps >= steps_planned)}
+    resumed = (trained or {}).get("resumed_at_step")
+    if resumed:
+        section["resumed_at_step"] = resumed  # tokens below were counted from there on
     tokens = (trained or {}).get("supervised_tokens")
     if tokens:
         for kind in ("task", "general"):
             planned = report[kind]["supervised_tokens"]
             section[f"{kind}_supervised_tokens"] = tokens[kind]
-            section[f"{kind}_share_of_plan"] = round(tokens[kind] / planned, 4) if planned else None
+            section[f"{kind}_share_of_plan"] = round(tokens[kind] / planned, 4) if planned and not resumed else None
     return section
 
 

@@ -58,8 +58,10 @@ def _generation_eval(plugin, cfg, model, out: Path) -> None:
     from axolotl_tell.generate import write_predictions
     from axolotl_tell.training import generation_batch_size
 
+    from axolotl_tell.training import run_tokenizer
+
     _free_accelerator_memory()
-    metrics, records = generation_eval(model, compat.load_tokenizer(cfg), plugin.spec, plugin.prepared.eval_raw,
+    metrics, records = generation_eval(model, run_tokenizer(plugin, cfg), plugin.spec, plugin.prepared.eval_raw,
                                        cfg.tell_eval_generate, max_new_tokens=cfg.get("tell_eval_max_new_tokens") or 64,
                                        batch_size=generation_batch_size(cfg))
     write_predictions(out / EVAL_PREDICTIONS_FILE, records)

@@ -238,6 +238,7 @@ class SourceAwareCausalLMLoss:
                  shift_labels=None, **kwargs):
         pending, self.pending = self.pending, None
         if pending is None or shift_labels is not None or ignore_index != -100:
+            self.pending = pending  # not measured here: left for the caller to score the returned logits
             return self.default(logits, labels, vocab_size, num_items_in_batch=num_items_in_batch,
                                 ignore_index=ignore_index, shift_labels=shift_labels, **kwargs)
         source_ids, split = pending
@@ -322,6 +323,8 @@ def _eval_geometry(trainer) -> _EvalGeometry | None:
     dataset = getattr(trainer, "eval_dataset", None)
     if world <= 1 or packed_eval or dataset is None or isinstance(dataset, dict):
         return None
+    if getattr(args, "dataloader_persistent_workers", False):
+        return None  # the loader is built once and cached: the flag set per evaluation would not reach it
     return _EvalGeometry(len(dataset), world, int(args.process_index), int(args.per_device_eval_batch_size))
 
 
@@ -341,6 +344,9 @@ def attach(trainer, meter: SourceLossMeter, *, keep_model_loss: bool = False, re
              if source_loss is not None else "from the returned logits, scored in chunks (the model keeps its own "
              "loss function)")
     geometry = _eval_geometry(trainer)
+    even_eval = geometry is not None  # unpacked eval on several ranks, the loader rebuilt per evaluation
+    if replicas > 1:  # tensor parallel: accelerate shards over data-parallel ranks only; copies are not masked
+        geometry = None
 
     def compute_loss_with_sources(model, inputs, return_outputs=False, **kwargs):
         source_ids = inputs.pop(SOURCE_IDS, None)
@@ -374,11 +380,12 @@ def attach(trainer, meter: SourceLossMeter, *, keep_model_loss: bool = False, re
         previous = getattr(accelerator, "even_batches", None)
         if geometry is not None:
             geometry.batch = 0
+        if even_eval:
             accelerator.even_batches = True
         try:
             return evaluate(*args, **kwargs)
         finally:
-            if geometry is not None:
+            if even_eval:
                 accelerator.even_batches = previous
 
     def log_with_sources(logs, *args, **kwargs):

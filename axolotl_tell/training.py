@@ -63,6 +63,8 @@ def _set_exact_steps(plugin, cfg, trainer) -> None:
         LOG.warning("[axolotl_tell] `max_steps: %d` is more than the planned epoch (%d steps); the run stops after "
                     "the plan (num_epochs is 1).", user, steps)
     compat.set_max_steps(trainer, steps)
+    if cfg.get("warmup_ratio"):  # Axolotl turned the ratio into steps of its own estimate: follow the real count
+        trainer.args.warmup_steps = max(int(float(cfg.warmup_ratio) * steps), 0)
     LOG.info("[axolotl_tell] %d optimizer steps: %d micro-batches of the planned order, gradient accumulation %d",
              steps, batches, int(trainer.args.gradient_accumulation_steps or 1))
 
@@ -113,11 +115,16 @@ class _RecordTrained(TrainerCallback):
 
     def __init__(self, plugin):
         self.plugin = plugin
+        self.first_step = 0
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.first_step = int(state.global_step)  # > 0 when resumed: the tokens counted start there
 
     def on_train_end(self, args, state, control, **kwargs):
         tokens = self.plugin.meter.trained_tokens(self.plugin.meter_replicas) if self.plugin.meter is not None \
             else None
-        self.plugin.trained = {"steps": int(state.global_step), "supervised_tokens": tokens}
+        self.plugin.trained = {"steps": int(state.global_step), "supervised_tokens": tokens,
+                               "resumed_at_step": self.first_step or None}
 
 
 class _SpecIntoCheckpoints(TrainerCallback):
@@ -155,7 +162,7 @@ class _GenerateAtEval(TrainerCallback):
 
         try:
             if self.tokenizer is None:
-                self.tokenizer = compat.load_tokenizer(self.cfg)
+                self.tokenizer = run_tokenizer(self.plugin, self.cfg)
             metrics, _ = generation_eval(model, self.tokenizer, self.plugin.spec, self.plugin.prepared.eval_raw,
                                          self.cfg.tell_eval_generate, max_new_tokens=self.cfg.get(
                                              "tell_eval_max_new_tokens") or 64,
@@ -175,3 +182,10 @@ class _GenerateAtEval(TrainerCallback):
 def generation_batch_size(cfg) -> int:
     """Prompts generated at once: `tell_eval_batch_size`, else the training micro-batch (which fit with gradients)."""
     return int(cfg.get("tell_eval_batch_size") or cfg.get("micro_batch_size") or 1)
+
+
+def run_tokenizer(plugin, cfg):
+    """The tokenizer the trainer holds (loading it again can hit Axolotl's barrier on one rank only)."""
+    trainer = plugin.trainer
+    held = getattr(trainer, "processing_class", None) or getattr(trainer, "tokenizer", None)
+    return held if held is not None and hasattr(held, "apply_chat_template") else compat.load_tokenizer(cfg)

@@ -190,12 +190,14 @@ def test_ratio_budget_is_minimal_prefix(seed):
     plan = build_plan(task_sup, gen_sup, task_repeats=repeats, general_ratio=ratio, seed=seed)
     budget = math.ceil(ratio * int(task_sup.sum()) * repeats)
     assert plan.general_tokens_requested == budget
-    gen, _ = _split(plan)  # with spread="even" the general rows keep their selection order
-    cum = np.cumsum(gen_sup[gen])
+    gen, _ = _split(plan)
+    chosen = np.sort(gen)  # the shortest prefix of the rows in scan order, then ordered by the seed
+    assert chosen.tolist() == list(range(chosen.size))
+    cum = np.cumsum(gen_sup[chosen])
     assert cum[-1] >= budget
     assert plan.general_supervised_tokens == cum[-1]
-    # dropping the last selected row falls short of the budget
-    assert (cum[-2] if gen.size > 1 else 0) < budget
+    # dropping the last row of the prefix falls short of the budget
+    assert (cum[-2] if chosen.size > 1 else 0) < budget
 
 
 def test_ratio_budget_rounds_up():
@@ -213,7 +215,9 @@ def test_absolute_general_tokens_budget():
     assert plan.general_tokens_requested == 777
     assert plan.ratio_requested is None
     gen, _ = _split(plan)
-    cum = np.cumsum(gen_sup[gen])
+    chosen = np.sort(gen)
+    assert chosen.tolist() == list(range(chosen.size))
+    cum = np.cumsum(gen_sup[chosen])
     assert cum[-1] >= 777 > cum[-2]
     assert plan.general_supervised_tokens == int(cum[-1])
     assert plan.ratio_achieved == int(cum[-1]) / 60

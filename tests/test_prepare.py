@@ -150,7 +150,9 @@ def test_a_crashed_save_leaves_nothing_loadable(load_cfg, tiny_model, tmp_path, 
     with pytest.raises(RuntimeError, match="killed midway"):
         _prepare(load_cfg, tmp_path, tiny_model)
     monkeypatch.undo()
-    assert not [p for p in (tmp_path / "prepared").iterdir() if p.is_dir()]
+    prepared_root = tmp_path / "prepared"
+    assert not [p for p in prepared_root.iterdir() if p.is_dir() and not p.name.startswith("tell-general-")]
+    assert not list(prepared_root.glob("tell-general-*/*/tell_ready.json"))  # no general token chunk either
     _, _, prepared = _prepare(load_cfg, tmp_path, tiny_model)
     assert not prepared.from_cache
 
@@ -261,10 +263,10 @@ def test_inference_prompt_matches_training_tokens(load_cfg, tiny_model, tmp_path
 @pytest.mark.parametrize("task", ["alpaca", "chat_template", "completion"])
 def test_the_tell_json_the_plugin_writes_passes_its_own_validation(load_cfg, tiny_model, tmp_path, task):
     from axolotl_tell.prompting import load_spec
-    from axolotl_tell.report import SPEC_KEYS, inference_spec, write_outputs
+    from axolotl_tell.report import INFERENCE_FILE, SPEC_KEYS, inference_spec, write_json
 
     cfg, _, prepared = _prepare(load_cfg, tmp_path, tiny_model, task=task)
-    write_outputs(tmp_path / "out", prepared.report, cfg)
+    write_json(tmp_path / "out" / INFERENCE_FILE, inference_spec(prepared.report, cfg))  # what training writes
     spec = load_spec(tmp_path / "out")
     assert spec == json.loads(json.dumps(inference_spec(prepared.report, cfg), default=str))
     assert set(spec) == set(SPEC_KEYS)
@@ -275,13 +277,13 @@ def test_a_jinja_template_file_is_written_into_tell_json_as_text(load_cfg, tiny_
     from tiny import CHATML
 
     from axolotl_tell.prompting import load_spec, prompt_ids_many
-    from axolotl_tell.report import write_outputs
+    from axolotl_tell.report import INFERENCE_FILE, inference_spec, write_json
 
     template = tmp_path / "template.jinja"
     template.write_text(CHATML.replace("You are a helpful assistant.", "You help."))
     cfg, tok, prepared = _prepare(load_cfg, tmp_path, tiny_model, task="chat_template", chat_template="jinja",
                                   chat_template_jinja=str(template))
-    write_outputs(tmp_path / "out", prepared.report, cfg)
+    write_json(tmp_path / "out" / INFERENCE_FILE, inference_spec(prepared.report, cfg))
     spec = load_spec(tmp_path / "out")
     assert spec["chat_template"] == "jinja" and spec["chat_template_jinja"] == template.read_text()
     template.unlink()  # inference needs the file no more
