@@ -139,7 +139,7 @@ def preprocess_cost(args) -> dict:
                     cfg["shuffle_merged_datasets"] = False
             else:
                 cfg = configs.tell_config(args.model, settings, seed=0, general_pool=pool_file, task_file=task_file,
-                                          anchor=spec["anchor"], task_repeats=1, general_ratio=1e9,
+                                          anchor=spec["anchor"], task_repeats=1, general_ratio=1e6,
                                           out=d / "out", prepared=d / "prepared")
             config = configs.write_config(d / "config.yml", cfg)
             started = time.time()

@@ -46,7 +46,7 @@ def write_pool(path: Path, rows: int, shared_data: str | None) -> Path:
         return path
     base = []
     for name in ("alpaca_en_demo.jsonl", "natural_instructions.jsonl"):
-        for row in data.read_jsonl(data.resolve(f"general/{name}", shared_data)):
+        for row in data.read_jsonl(data.resolve(f"{data.SHARED_PREFIX}general/{name}", shared_data)):
             user = (row.get("instruction", "") + ("\n\n" + row["input"] if row.get("input") else "")).strip()
             if user and row.get("output"):
                 base.append((user, row["output"]))

@@ -100,7 +100,7 @@ class Bench:
 
     def task_file(self, cell: Cell, spec: dict, td: data.TaskData) -> Path:
         rows = [data.task_message_row(spec, r) for r in td.train_rows(cell.task_rows, cell.seed)]
-        return data.write_jsonl(self.work / "data" / f"task-{cell.task}-n{cell.task_rows}-s{cell.seed}.jsonl", rows)
+        return data.write_jsonl(self.work / "data" / f"task-{cell.task_name}-n{cell.task_rows}-s{cell.seed}.jsonl", rows)
 
     def settings(self, cell: Cell) -> dict:
         return configs.training_settings(self.grids, self.profile, cell.overrides.get("train"))

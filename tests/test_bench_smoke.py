@@ -80,3 +80,16 @@ def test_anchor_variants_configs(tiny_model, tmp_path):
         {k: v for k, v in hand.items() if k not in ("tell_anchor", "output_dir")}
     no_anchor_twin = b.tell_config_path(cells["question_formation", 0, "tell_no_anchor"])
     assert no_anchor_twin.parent.name.startswith("question_formation-tell-")
+
+
+def test_a_task_given_as_a_path_to_its_yaml_gets_a_cell_folder_inside_the_work_folder(tmp_path):
+    """`load_task` takes a path; the cell folder and data file are named by the task, not by that path."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    from tellbench.spec import Cell
+
+    for task in (str(ROOT / "bench" / "tasks" / "question_formation.yaml"), "bench/tasks/question_formation.yaml",
+                 "question_formation"):
+        cell = Cell(task, "tell", 10, 0, "auto", 50.0)
+        assert cell.task_name == "question_formation" and "/" not in cell.slug
+        work = tmp_path / "work"
+        (work / "cells" / cell.slug).relative_to(work)  # what the runner does with every cell folder

@@ -69,13 +69,19 @@ class Cell:
     overrides: dict = field(default_factory=dict, compare=False, hash=False)
 
     @property
+    def task_name(self) -> str:
+        """The task's name: ``question_formation``, also when the grid gives the spec as a path to its YAML."""
+        path = Path(self.task)
+        return path.stem if path.suffix in (".yaml", ".yml") or len(path.parts) > 1 else self.task
+
+    @property
     def key(self) -> str:
         return (f"{self.task}|{self.method}|n={self.task_rows}|seed={self.seed}|"
                 f"r={self.task_repeats}|g={self.general_ratio:g}")
 
     @property
     def slug(self) -> str:
-        return (f"{self.task}-{self.method}-n{self.task_rows}-s{self.seed}-r{self.task_repeats}-"
+        return (f"{self.task_name}-{self.method}-n{self.task_rows}-s{self.seed}-r{self.task_repeats}-"
                 f"g{self.general_ratio:g}")
 
     def tell_twin(self) -> "Cell":
