@@ -67,6 +67,15 @@ class _Entry:
     source: dict
 
 
+def scan_order(total_rows: int) -> np.ndarray:
+    """The pool's fixed scan order: row ``scan_order(n)[k]`` (of the entries' rows, concatenated) is read k-th.
+
+    With one entry and no row dropped, plan ids below ``general.rows_candidates`` are positions in this order.
+    """
+    return np.random.Generator(np.random.PCG64(np.random.SeedSequence([POOL_ORDER_SEED, int(total_rows)]))) \
+        .permutation(int(total_rows))
+
+
 def general_cache_key(cfg, tokenizer, entries) -> str:
     """What changes the tokens of general rows, and nothing else (no tell_* key, anchor or seed)."""
     keys = [k for k in cache.TOKENIZATION_KEYS if k not in ("seed", "sample_packing")]
@@ -133,9 +142,7 @@ class GeneralPool:
         if self.streaming:
             return self._stream_chunk(k)
         if self._order is None:
-            total = self.rows_available
-            self._order = np.random.Generator(np.random.PCG64(np.random.SeedSequence([POOL_ORDER_SEED, total]))) \
-                .permutation(total)
+            self._order = scan_order(self.rows_available)
         part = self._order[k * CHUNK_ROWS:(k + 1) * CHUNK_ROWS]
         if part.size == 0:
             return None

@@ -287,7 +287,7 @@ def _budget(cfg, task_supervised: np.ndarray) -> int:
     return general_budget(int(task_supervised.sum()) * repeats, resolved_ratio(cfg), cfg.get("tell_general_tokens"))
 
 
-def _check_general_left(general: GeneralRows) -> None:
+def _check_general_left(cfg, general: GeneralRows) -> None:
     """The pool ended with no row to train on: say why (too long, or nothing supervised)."""
     if general.dataset is not None and len(general.dataset):
         return
@@ -295,7 +295,7 @@ def _check_general_left(general: GeneralRows) -> None:
     scanned, too_long = stats["rows_scanned"], stats["rows_dropped_too_long"]
     if scanned and too_long == scanned:
         raise TellDataError(f"[axolotl_tell] `datasets:`: all {scanned} general rows are longer than "
-                            "`sequence_len` and were dropped. Fix: raise `sequence_len`, or set "
+                            f"`sequence_len: {cfg.sequence_len}` and were dropped. Fix: raise `sequence_len`, or set "
                             "`excess_length_strategy: truncate`.")
     raise TellDataError(f"[axolotl_tell] `datasets:`: none of the {scanned - too_long} general rows has a supervised "
                         "token after templating (every label is -100). Fix: check `train_on_inputs`, "
@@ -321,7 +321,7 @@ def _build(cfg, tokenizer, anchor, general_entries, task_entries, test_entries):
     task_counts = row_token_counts(task)
     # only the general rows the budget needs are tokenized (general_pool.py); all of them if the pool is short
     general = pool.rows_until(_budget(cfg, task_counts[1]))
-    _check_general_left(general)  # after the task rows' own errors
+    _check_general_left(cfg, general)  # after the task rows' own errors
 
     plan = _plan(cfg, task_counts, (general.lengths, general.supervised))
     for warning in plan.warnings:

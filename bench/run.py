@@ -127,7 +127,8 @@ class Bench:
                                   out=d / "out", prepared=self.work / "prepared_tell")
         path = d / "config.yml"
         if path.is_file() and path.read_text(encoding="utf-8") != configs.dump(cfg):
-            (d / "out" / "tell_report.json").unlink(missing_ok=True)  # another model/setting: that plan is stale
+            for stale in ("tell_report.json", "tell.json"):  # another model/setting: that plan and run are stale
+                (d / "out" / stale).unlink(missing_ok=True)  # (a dry run never rewrites a trained run's files)
         return configs.write_config(path, cfg)
 
     def tell_plan(self, cell: Cell) -> tuple[dict, float]:
@@ -270,16 +271,22 @@ class Bench:
         """The TELL plan's rows in its order, task rows without the anchor; and the task rows' positions."""
         import numpy as np
 
+        from axolotl_tell.general_pool import scan_order
+
         g = rep["general"]
         pool = data.read_jsonl(Path(gen["pool"]))
         dropped = g.get("rows_dropped_too_long", 0) + g.get("rows_dropped_no_supervised_tokens", 0)
         if g["rows_available"] != len(pool) or dropped:
             raise RuntimeError(f"the plugin kept {g['rows_available']} of {len(pool)} pool rows ({dropped} dropped): "
-                               "plan ids are not pool line numbers; shorten the pool's rows (`max_chars`)")
+                               "plan ids are not positions in the pool's scan order; shorten the pool's rows "
+                               "(`max_chars`)")
+        # plan ids: general rows in the pool's scan order (as many as were scanned), then the task rows
+        candidates = int(g.get("rows_candidates", len(pool)))
+        line_of = scan_order(len(pool))
         task = data.read_jsonl(task_file)
         order = np.load(Path(rep["prepared_path"]) / "plan_order.npy")
-        rows = [pool[i] if i < len(pool) else task[i - len(pool)] for i in order.tolist()]
-        return rows, np.flatnonzero(order >= len(pool))
+        rows = [pool[line_of[i]] if i < candidates else task[i - candidates] for i in order.tolist()]
+        return rows, np.flatnonzero(order >= candidates)
 
     # -- scoring ----------------------------------------------------------------------------------------------
     def tokenizer(self):

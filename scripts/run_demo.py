@@ -2,9 +2,9 @@
 
 usage: python scripts/run_demo.py [example_configs/demo.yml] [--n-test 60]
 
-Steps: `axolotl preprocess` (plans the mix, writes tell.json) -> score the base model on held-out task
-rows with the anchored prompt -> `axolotl train` -> score base + adapter the same way. Also measures
-token loss on held-out general rows before/after (does the model keep its general skill?).
+Steps: `axolotl preprocess` (plans the mix) -> `axolotl train` (writes the adapter and tell.json) -> score the
+base model on held-out task rows with the anchored prompt of tell.json -> score base + adapter the same way.
+Also measures token loss on held-out general rows before/after (does the model keep its general skill?).
 Writes <output_dir>/demo_scores.json and prints a table.
 """
 
@@ -72,18 +72,18 @@ def main():
 
     print(f"[demo] 1/4 axolotl preprocess {a.config}", flush=True)
     t_pre = axolotl("preprocess", a.config, out / "preprocess.log")
-    spec = load_spec(out)
     report = json.loads((out / "tell_report.json").read_text())
 
-    print("[demo] 2/4 scoring the base model (anchored prompts)", flush=True)
+    print(f"[demo] 2/4 axolotl train {a.config} (log: {out / 'train.log'})", flush=True)
+    t_train = axolotl("train", a.config, out / "train.log")
+    spec = load_spec(out)  # tell.json: written by training, next to the adapter
+
+    print("[demo] 3/4 scoring the base model (anchored prompts)", flush=True)
     model, tok = load_model(str(ROOT / cfg["base_model"]))
     before = evaluate(model, tok, spec, test_rows, general_rows)
     print(f"[demo]     base model: task exact match {before['task']['score']:.2f}, "
           f"held-out general loss {before['general_loss']:.3f}", flush=True)
     del model
-
-    print(f"[demo] 3/4 axolotl train {a.config} (log: {out / 'train.log'})", flush=True)
-    t_train = axolotl("train", a.config, out / "train.log")
 
     print("[demo] 4/4 scoring base + TELL adapter", flush=True)
     model, tok = load_model(str(ROOT / cfg["base_model"]), adapter=str(out))

@@ -191,3 +191,27 @@ def test_streaming_is_deterministic_and_reuses_its_chunks(load_cfg, tiny_model, 
     more = _prepare(load_cfg, tmp_path / "a", tiny_model, tell_general_ratio=4, **kw)
     g = more.report["general"]
     assert g["rows_from_token_cache"] == scanned and count_tokenized["rows"] == g["rows_tokenized_now"] > 0
+
+
+def test_plan_ids_are_positions_in_the_pools_scan_order(load_cfg, tiny_model, tmp_path):
+    """`general_pool.scan_order` maps a plan id back to its line of the pool (the benchmark's no-anchor twin uses it)."""
+    from datasets import Dataset
+
+    from axolotl_tell import compat
+
+    path, cfg = make_workspace(tmp_path, tiny_model)
+    loaded = load_cfg(str(path))
+    tok = compat.load_tokenizer(loaded)
+    prepared = prepare_tell_datasets(loaded, tok)
+    order = np.load(prepared.path / "plan_order.npy")
+    candidates = prepared.report["general"]["rows_candidates"]
+    raw = [json.loads(line) for line in Path(cfg["datasets"][0]["path"]).read_text().splitlines()]
+    line_of = general_pool.scan_order(len(raw))
+    checked = 0
+    for position, plan_id in enumerate(order.tolist()):
+        if plan_id >= candidates or checked == 12:
+            continue
+        alone = compat.tokenize_with_axolotl(loaded.datasets[0], loaded, tok, Dataset.from_list([raw[line_of[plan_id]]]))
+        assert prepared.train_dataset[position]["input_ids"] == alone[0]["input_ids"], (position, plan_id)
+        checked += 1
+    assert checked == 12
