@@ -11,7 +11,6 @@ import logging
 import traceback
 from pathlib import Path
 
-from axolotl_tell import compat
 from axolotl_tell.report import INFERENCE_FILE, REPORT_FILE, trained_section, write_json
 
 LOG = logging.getLogger("axolotl.tell")

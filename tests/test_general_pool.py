@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
 from tiny import alpaca_rows, make_workspace, write_jsonl
 
 from axolotl_tell import general_pool
