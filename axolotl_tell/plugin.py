@@ -87,6 +87,11 @@ class TellPlugin(BasePlugin):
         # an estimate for Axolotl's warmup and logging; the exact step count is set from the dataloader later
         return compat.train_dataset_meta(train, eval_dataset, compat.total_num_steps(cfg, train))
 
+    def get_training_args(self, cfg):
+        from axolotl_tell.cpu_precision import cpu_bf16_training_args
+
+        return cpu_bf16_training_args(cfg)
+
     def post_trainer_create(self, cfg, trainer):
         if self.prepared is None:
             return
