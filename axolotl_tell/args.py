@@ -18,6 +18,7 @@ from axolotl_tell.plan import MAX_GENERAL_RATIO, MAX_TASK_REPEATS, SHORTFALL_POL
 PLACEMENTS = ("auto", "system", "prefix")
 BUILTIN_METRICS = ("exact_match", "accuracy", "json_fields")
 DEFAULT_GENERAL_RATIO = 50.0
+DEFAULT_TASK_LOSS_WEIGHT = 1.0
 DEFAULT_SEPARATOR = "\n\n"
 
 # Axolotl features that would undo or bypass the planned mix.
@@ -118,6 +119,13 @@ class TellArgs(BaseModel):
     tell_source_metrics: bool | None = Field(
         default=True,
         json_schema_extra={"description": "Log tell/task_loss and tell/general_loss (train and eval)."},
+    )
+    tell_task_loss_weight: float | None = Field(
+        default=DEFAULT_TASK_LOSS_WEIGHT,
+        json_schema_extra={
+            "description": "Each supervised task token counts this many times in the training loss (general tokens "
+            "count once; the denominator is unchanged, so 1 is the plain loss). Eval losses are never weighted."
+        },
     )
     tell_task_eval_rows: int | None = Field(
         default=0,
@@ -312,8 +320,35 @@ def validate_tell_config(cfg: dict) -> None:
               "remove the key; the plugin turns it on with sample_packing")
 
 
+# Axolotl keys that choose a memory-saving loss: the per-source loss must not replace it with a full float32 CE.
+MEMORY_SAVING_LOSS_KEYS = ("chunked_cross_entropy", "liger_cross_entropy", "liger_fused_linear_cross_entropy",
+                           "cut_cross_entropy")
+MAX_TASK_LOSS_WEIGHT = 1000.0
+
+
+def _check_task_loss_weight(cfg: dict) -> None:
+    """`tell_task_loss_weight` needs the per-token, source-aware training loss: the stock cross-entropy with the
+    per-source metrics on. A memory-saving loss never gives per-token losses, so the weight would be ignored."""
+    weight = cfg.get("tell_task_loss_weight")
+    if weight is None or (not isinstance(weight, bool) and isinstance(weight, (int, float))
+                          and float(weight) == DEFAULT_TASK_LOSS_WEIGHT):
+        return
+    if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight) \
+            or not 0 < weight <= MAX_TASK_LOSS_WEIGHT:
+        _fail("tell_task_loss_weight", f"must be a number > 0 and <= {MAX_TASK_LOSS_WEIGHT:g}, got {weight!r}",
+              "e.g. `tell_task_loss_weight: 4` (1 = the plain loss)")
+    if cfg.get("tell_source_metrics") is False:
+        _fail("tell_task_loss_weight", "the weight is applied by the per-source loss, which "
+              "`tell_source_metrics: false` turns off", "remove `tell_source_metrics: false`, or the weight")
+    fused = [key for key in MEMORY_SAVING_LOSS_KEYS if cfg.get(key)]
+    if fused:
+        _fail(fused[0], f"a fused / chunked loss gives no per-token losses, so `tell_task_loss_weight: {weight}` "
+              "could not be applied", f"remove `{fused[0]}`, or set `tell_task_loss_weight: 1`")
+
+
 def _check_training_paths(cfg: dict) -> None:
     """Axolotl training paths that would undo the plan or break the per-source loss: refused before any data."""
+    _check_task_loss_weight(cfg)
     if cfg.get("balance_labels"):  # axolotl >= 0.21: replaces the sequential sampler (unpacked) or fails (packed)
         _fail("balance_labels", "it reorders rows by label and replaces the planned order",
               "remove `balance_labels`; TELL's even spread already balances task and general rows")
@@ -452,3 +487,9 @@ def resolved_ratio(cfg) -> float | None:
         return None
     ratio = cfg.get("tell_general_ratio")
     return float(ratio) if ratio is not None else DEFAULT_GENERAL_RATIO
+
+
+def resolved_task_loss_weight(cfg) -> float:
+    """The task loss weight in force: the given one, else the default."""
+    weight = cfg.get("tell_task_loss_weight")
+    return float(weight) if weight is not None else DEFAULT_TASK_LOSS_WEIGHT

@@ -170,6 +170,14 @@ class SourceLossMeter:
         sums = torch.stack([losses[:-1], counts[:-1]], dim=1).reshape(-1)  # task loss, task n, general loss, ...
         self._accumulate(split, sums)
 
+    def token_weights(self, sources: torch.Tensor, task_weight: float) -> torch.Tensor:
+        """``task_weight`` where a token comes from a task source, 1 elsewhere (general, padding, unknown)."""
+        kind_of = self.kind_of.to(sources.device)
+        sources = sources.long()
+        kinds = torch.where(sources >= 0, kind_of[sources.clamp(min=0, max=kind_of.numel() - 1)], -1)
+        is_task = (kinds == KINDS.index("task")) & (sources < kind_of.numel())
+        return torch.where(is_task, task_weight, 1.0).float()
+
     def _accumulate(self, split: str, sums: torch.Tensor) -> None:
         # stays on the device: no host sync per micro-batch, only at logging time
         if self.sums[split].device != sums.device:
@@ -207,6 +215,10 @@ class SourceLossMeter:
         return {kind: int(round(float(sums[2 * k + 1]))) for k, kind in enumerate(KINDS)}
 
 
+class TellTrainingError(RuntimeError):
+    """The trainer Axolotl built cannot do what the TELL config asks."""
+
+
 def _distributed() -> bool:
     return torch.distributed.is_available() and torch.distributed.is_initialized()
 
@@ -228,10 +240,14 @@ class SourceAwareCausalLMLoss:
     Same result as the default (shift, float32 CE, ignore -100, sum / ``num_items_in_batch`` or mean), but
     with ``reduction="none"`` first: the training loss is the sum of those per-token losses, and the meter
     reads them (detached). ``pending`` holds the micro-batch's source ids until the forward consumes them.
+
+    ``task_weight`` (``tell_task_loss_weight``): in training, each task token's loss is multiplied by it before
+    the sum; the denominator stays the supervised token count, so 1 is exactly the stock loss. In a TELL mix
+    the task's tokens are ~1/(1 + ratio) of the loss; the weight raises their share without changing the data.
     """
 
-    def __init__(self, meter: SourceLossMeter, default):
-        self.meter, self.default = meter, default
+    def __init__(self, meter: SourceLossMeter, default, task_weight: float = 1.0):
+        self.meter, self.default, self.task_weight = meter, default, float(task_weight)
         self.pending: tuple[torch.Tensor, str] | None = None
 
     def __call__(self, logits, labels, vocab_size: int, num_items_in_batch=None, ignore_index: int = -100,
@@ -249,6 +265,8 @@ class SourceAwareCausalLMLoss:
                                                        ignore_index=ignore_index, reduction="none")
         shift_sources = torch.nn.functional.pad(source_ids.to(logits.device), (0, 1), value=-1)[..., 1:].reshape(-1)
         self.meter.add_token_losses(token_loss.detach(), shift_labels, shift_sources, split)
+        if split == "train" and self.task_weight != 1.0:
+            token_loss = token_loss * self.meter.token_weights(shift_sources, self.task_weight)
         if num_items_in_batch is not None:
             if torch.is_tensor(num_items_in_batch):
                 num_items_in_batch = num_items_in_batch.to(token_loss.device)
@@ -266,7 +284,7 @@ def is_stock_causal_lm_loss(fn) -> bool:
             and getattr(fn, "__name__", None) == "ForCausalLMLoss")
 
 
-def install_source_loss(model, meter: SourceLossMeter) -> SourceAwareCausalLMLoss | None:
+def install_source_loss(model, meter: SourceLossMeter, task_weight: float = 1.0) -> SourceAwareCausalLMLoss | None:
     """Put :class:`SourceAwareCausalLMLoss` on the transformers model inside ``model`` (PEFT/DeepSpeed unwrapped).
 
     Only where the model uses transformers' stock causal-LM loss; otherwise None (the caller falls back
@@ -283,7 +301,7 @@ def install_source_loss(model, meter: SourceLossMeter) -> SourceAwareCausalLMLos
     stock = getattr(inner, "loss_function", None)
     if not is_stock_causal_lm_loss(stock):
         return None
-    loss = SourceAwareCausalLMLoss(meter, stock)
+    loss = SourceAwareCausalLMLoss(meter, stock, task_weight)
     inner.loss_function = loss
     return loss
 
@@ -328,18 +346,25 @@ def _eval_geometry(trainer) -> _EvalGeometry | None:
     return _EvalGeometry(len(dataset), world, int(args.process_index), int(args.per_device_eval_batch_size))
 
 
-def attach(trainer, meter: SourceLossMeter, *, keep_model_loss: bool = False, replicas: int = 1) -> None:
+def attach(trainer, meter: SourceLossMeter, *, keep_model_loss: bool = False, replicas: int = 1,
+           task_loss_weight: float = 1.0) -> None:
     """Wrap the trainer's collators, ``compute_loss``, ``evaluate`` and ``log`` (instance-level; any trainer class).
 
     ``keep_model_loss``: the user chose a memory-saving loss (chunked / Liger / cut cross-entropy): leave it in
     place and score the returned logits in bounded chunks. ``replicas``: ranks that see the same tokens.
+    ``task_loss_weight``: see :class:`SourceAwareCausalLMLoss`; it needs the stock loss (else an error here).
     """
     trainer.data_collator = SourceIdsCollator(trainer.data_collator)
     if getattr(trainer, "eval_data_collator", None) is not None:
         trainer.eval_data_collator = SourceIdsCollator(trainer.eval_data_collator, split="eval")
     compute_loss, log, evaluate = trainer.compute_loss, trainer.log, trainer.evaluate
     warned = []
-    source_loss = None if keep_model_loss else install_source_loss(trainer.model, meter)
+    source_loss = None if keep_model_loss else install_source_loss(trainer.model, meter, task_loss_weight)
+    if source_loss is None and task_loss_weight != 1.0:
+        raise TellTrainingError(
+            f"tell_task_loss_weight: {task_loss_weight:g} needs transformers' stock causal-LM loss, but this model "
+            "computes its own (a fused or custom loss). Fix: set `tell_task_loss_weight: 1`, or remove the key that "
+            "replaces the loss")
     LOG.info("[axolotl_tell] per-source loss: %s", "from the training loss's per-token cross-entropy"
              if source_loss is not None else "from the returned logits, scored in chunks (the model keeps its own "
              "loss function)")

@@ -13,14 +13,12 @@ from pathlib import Path
 from transformers import TrainerCallback
 
 from axolotl_tell import compat
+from axolotl_tell.args import MEMORY_SAVING_LOSS_KEYS, resolved_task_loss_weight
 from axolotl_tell.report import INFERENCE_FILE, write_json
 
 LOG = logging.getLogger("axolotl.tell")
 EVAL_STEPS_FILE = "tell_eval_steps.jsonl"
 
-# Axolotl keys that choose a memory-saving loss: the per-source loss must not replace it with a full float32 CE.
-MEMORY_SAVING_LOSS_KEYS = ("chunked_cross_entropy", "liger_cross_entropy", "liger_fused_linear_cross_entropy",
-                           "cut_cross_entropy")
 
 
 def prepare_trainer(plugin, cfg, trainer) -> None:
@@ -35,7 +33,8 @@ def prepare_trainer(plugin, cfg, trainer) -> None:
         plugin.meter = SourceLossMeter(plugin.source_kinds)
         plugin.meter_replicas = int(cfg.get("tensor_parallel_size") or 1)  # TP ranks see the same tokens
         keep = [key for key in MEMORY_SAVING_LOSS_KEYS if cfg.get(key)]
-        attach(trainer, plugin.meter, keep_model_loss=bool(keep), replicas=plugin.meter_replicas)
+        attach(trainer, plugin.meter, keep_model_loss=bool(keep), replicas=plugin.meter_replicas,
+               task_loss_weight=resolved_task_loss_weight(cfg))
     trainer.add_callback(_RecordTrained(plugin))
     trainer.add_callback(_SpecIntoCheckpoints(plugin, cfg))
     if cfg.get("tell_eval_generate") and plugin.prepared.eval_raw:

@@ -40,6 +40,14 @@ CASES = [
     ("metric module missing", {"tell_task_eval_rows": 2, "tell_eval_generate": "no_such_pkg.score"},
      "tell_eval_generate"),
     ("generation batch", {"tell_eval_batch_size": 0}, "tell_eval_batch_size"),
+    # tell_task_loss_weight (issue 13)
+    ("loss weight zero", {"tell_task_loss_weight": 0}, "tell_task_loss_weight"),
+    ("loss weight word", {"tell_task_loss_weight": "high"}, "tell_task_loss_weight"),
+    ("loss weight huge", {"tell_task_loss_weight": 1e6}, "tell_task_loss_weight"),
+    ("loss weight without metrics", {"tell_task_loss_weight": 4, "tell_source_metrics": False},
+     "tell_task_loss_weight"),
+    ("loss weight with chunked CE", {"tell_task_loss_weight": 4, "chunked_cross_entropy": True},
+     "chunked_cross_entropy"),
 ]
 
 

@@ -299,3 +299,65 @@ def test_logits_fallback_scores_in_bounded_chunks(model_and_tokenizer):
     assert a.keys() == b.keys() and a["tell/task_tokens"] == 6 and a["tell/general_tokens"] == 8
     for key in a:
         assert math.isclose(a[key], b[key], rel_tol=1e-6), key
+
+
+# --- tell_task_loss_weight (issue 13's lever) ---
+
+
+@pytest.mark.parametrize("num_items", [None, 7])
+def test_task_loss_weight_multiplies_task_tokens_in_training_only(model_and_tokenizer, num_items):
+    """loss = (w * sum task token CE + sum general token CE) / denominator, checked against a hand sum; eval and
+    the logged per-source losses stay unweighted."""
+    from axolotl.utils.collators import DataCollatorForSeq2Seq
+    from transformers import AutoModelForCausalLM
+
+    from axolotl_tell.source_metrics import install_source_loss
+
+    _, tok = model_and_tokenizer
+    rows = _rows(tok)
+    for r in rows:
+        r.pop("position_ids")
+    batch = SourceIdsCollator(DataCollatorForSeq2Seq(tok, padding=True, return_tensors="pt"))([dict(r) for r in rows])
+    source_ids = batch.pop(SOURCE_IDS)
+    kwargs = {} if num_items is None else {"num_items_in_batch": torch.tensor(num_items)}
+    model = AutoModelForCausalLM.from_pretrained(model_and_tokenizer[0].name_or_path)
+    meter = SourceLossMeter(KINDS)
+    source_loss = install_source_loss(model, meter, task_weight=4.0)
+    with torch.no_grad():
+        logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits
+    task, general = (0.0, 0), (0.0, 0)
+    for row in range(logits.shape[0]):
+        sums = _hand(logits[row], batch["labels"][row], source_ids[row].tolist())
+        task = (task[0] + sums["task"][0], task[1] + sums["task"][1])
+        general = (general[0] + sums["general"][0], general[1] + sums["general"][1])
+    assert task[1] and general[1]
+    denominator = num_items if num_items is not None else task[1] + general[1]
+    source_loss.pending = (source_ids, "train")
+    got = model(**batch, **kwargs).loss
+    assert math.isclose(float(got), (4.0 * task[0] + general[0]) / denominator, rel_tol=1e-5)
+    logged = meter.pop("train")  # the logged task loss is the plain mean, not the weighted one
+    assert math.isclose(logged["tell/task_loss"], task[0] / task[1], rel_tol=1e-5)
+    source_loss.pending = (source_ids, "eval")
+    assert math.isclose(float(model(**batch, **kwargs).loss), (task[0] + general[0]) / denominator, rel_tol=1e-5)
+
+
+def test_task_loss_weight_without_the_stock_loss_is_an_error(model_and_tokenizer):
+    from types import SimpleNamespace
+
+    from axolotl_tell.source_metrics import TellTrainingError, attach
+
+    model, tok = model_and_tokenizer
+
+    class Trainer(SimpleNamespace):
+        def compute_loss(self, *a, **k):
+            raise AssertionError
+
+        def log(self, *a, **k):
+            pass
+
+        def evaluate(self, *a, **k):
+            pass
+
+    trainer = Trainer(model=model, data_collator=lambda f: f, args=SimpleNamespace(world_size=1))
+    with pytest.raises(TellTrainingError, match="tell_task_loss_weight"):
+        attach(trainer, SourceLossMeter(KINDS), keep_model_loss=True, task_loss_weight=2.0)

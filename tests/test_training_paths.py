@@ -121,3 +121,19 @@ def test_the_baked_anchor_survives_the_final_save_and_merge_lora(tiny_model, tmp
     baked = AutoTokenizer.from_pretrained(merged)
     assert baked.chat_template.startswith(MARK) and baked.chat_template.count(MARK) == 1
     assert cfg["tell_anchor"] in baked.apply_chat_template(user, tokenize=False, add_generation_prompt=True)
+
+
+def test_bf16_on_a_cpu_only_machine_trains_with_a_task_loss_weight(tiny_model, tmp_path):
+    """`bf16: true` without a GPU: transformers refused it ("Your setup doesn't support bf16/gpu"); the plugin
+    passes `use_cpu` and the run trains with CPU autocast. The task loss weight reaches the run's record."""
+    from axolotl_tell.cpu_precision import has_accelerator
+
+    if has_accelerator():
+        pytest.skip("an accelerator is present: bf16 goes to it, the CPU path is not used")
+    cfg_path, cfg = make_workspace(tmp_path, tiny_model, bf16=True, tell_task_loss_weight=3)
+    log = _axolotl("train", str(cfg_path), cwd=tmp_path)
+    assert "CPU bf16 autocast (use_cpu=True)" in log
+    out = Path(cfg["output_dir"])
+    trained = json.loads((out / "tell_report.json").read_text())["trained"]
+    assert trained["complete"] and trained["task_loss_weight"] == 3.0
+    assert (out / "adapter_model.safetensors").is_file()
