@@ -110,6 +110,9 @@ class Bench:
 
         return auto_task_repeats(cell.task_rows) if cell.task_repeats == "auto" else int(cell.task_repeats)
 
+    def cpu_bf16(self, settings: dict) -> bool:
+        return self.profile == "cpu" and bool(settings.get("bf16") or settings.get("bfloat16"))
+
     def cell_dir(self, cell: Cell) -> Path:
         return self.work / "cells" / cell.slug
 
@@ -124,7 +127,8 @@ class Bench:
                                   task_file=self.task_file(twin, spec, td),
                                   anchor="auto" if twin.method == "tell_auto_anchor" else spec["anchor"],
                                   task_repeats=twin.task_repeats, general_ratio=twin.general_ratio,
-                                  out=d / "out", prepared=self.work / "prepared_tell")
+                                  out=d / "out", prepared=self.work / "prepared_tell",
+                                  extra_tell=twin.overrides.get("tell"))
         path = d / "config.yml"
         if path.is_file() and path.read_text(encoding="utf-8") != configs.dump(cfg):
             for stale in ("tell_report.json", "tell.json"):  # another model/setting: that plan and run are stale
@@ -152,7 +156,8 @@ class Bench:
         d.mkdir(parents=True, exist_ok=True)
         rec = {"key": cell.key, "task": cell.task, "method": cell.method, "task_rows": cell.task_rows,
                "seed": cell.seed, "task_repeats_requested": cell.task_repeats, "general_ratio": cell.general_ratio,
-               "model": Path(self.model).name, "device": self.device_name}
+               "model": Path(self.model).name, "device": self.device_name, "variant": cell.variant or None,
+               "precision": "bf16" if settings.get("bf16") or settings.get("bfloat16") else "fp32"}
         wall, adapter, extra = 0.0, None, {}
         repeats = self.repeats(cell)
         task_file = self.task_file(cell, spec, td)
@@ -178,7 +183,8 @@ class Bench:
             ordered, task_positions = self.no_anchor_rows(rep, gen, task_file)
             ordered_file = data.write_jsonl(d / "ordered.jsonl", ordered)
             cfg = configs.plain_config(self.model, settings, seed=cell.seed, data_file=ordered_file, out=d / "out",
-                                       prepared=d / "prepared", epochs=1, ordered=True)
+                                       prepared=d / "prepared", epochs=1, ordered=True,
+                                       cpu_bf16=self.cpu_bf16(settings))
             wall += axo.run_axolotl("train", configs.write_config(d / "config.yml", cfg), d / "train.log",
                                     self.args.launcher)
             lengths, sup = axo.row_counts(axo.prepared_dataset(d / "prepared"))
@@ -212,7 +218,7 @@ class Bench:
                 max_steps = per_epoch * epochs
             cfg = configs.plain_config(self.model, settings, seed=cell.seed, data_file=task_file, out=d / "out",
                                        prepared=d / "prepared", epochs=epochs, max_steps=max_steps, anchor=anchor,
-                                       save_every_epoch=method == "sft_best")
+                                       save_every_epoch=method == "sft_best", cpu_bf16=self.cpu_bf16(settings))
             wall += axo.run_axolotl("train", configs.write_config(d / "config.yml", cfg), d / "train.log",
                                     self.args.launcher)
             lengths, sup = axo.row_counts(axo.prepared_dataset(d / "prepared"))
@@ -236,11 +242,25 @@ class Bench:
         rec.update(extra)
         rec["train_tokens"] = rec["general_tokens"] + rec["task_tokens"]
         rec["config"] = str((d / "config.yml").relative_to(self.work)) if (d / "config.yml").is_file() else None
+        rec["tell_keys"] = self.tell_keys(cell)
         rec["created"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
         if method == "sft_best" and not self.args.keep_checkpoints:
             for ckpt in (d / "out").glob("checkpoint-*"):
                 shutil.rmtree(ckpt, ignore_errors=True)
         return rec
+
+    def tell_keys(self, cell: Cell) -> dict | None:
+        """Every ``tell_*`` key of the plugin run behind a cell (its own, or its TELL twin's plan), from the YAML."""
+        import yaml
+
+        if cell.method in TELL_METHODS:
+            path = self.cell_dir(cell) / "config.yml"
+        elif cell.method in ("tell_no_anchor", "sft_matched"):
+            path = self.cell_dir(cell.tell_twin()) / "config.yml"
+        else:
+            return None
+        cfg = yaml.safe_load(path.read_text(encoding="utf-8")) if path.is_file() else {}
+        return {k: v for k, v in cfg.items() if k.startswith("tell_")} or None
 
     @staticmethod
     def count_passes(rec: dict, extra: dict, steps: int, rows: int) -> None:
@@ -357,15 +377,24 @@ class Bench:
             return {"val_scores": {}, "chosen_epochs": None, "chosen_checkpoint": None}
         refs = [data.task_reference(spec, r) for r in td.val]
         val_prompts = prompts_for(td.val)
-        scores = {}
-        for epoch in candidates:
+        test_refs = [data.task_reference(spec, r) for r in td.test]
+        test_prompts = prompts_for(td.test)
+        heldout = data.read_jsonl(Path(self.general(cell)["heldout"]))
+        scores, frontier = {}, []
+        for epoch in candidates:  # SFT's whole curve: each epoch's adapter on val, test and held-out general loss
             model, tok = scoring.load(self.model, ckpts[epoch], self.device)
             scores[epoch] = scoring.task_eval(model, tok, val_prompts, refs, spec["metric"], max_new,
                                               self.batch)["score"]
+            test = scoring.task_eval(model, tok, test_prompts, test_refs, spec["metric"], max_new, self.batch)
+            loss = scoring.general_eval(model, tok, heldout, [], None, batch_size=self.batch)["general_loss"]
+            frontier.append({"epochs": epoch, "val_score": scores[epoch], "score": test["score"],
+                             "general_loss": loss})
+            print(f"[bench]   sft epoch {epoch}: val {scores[epoch]:.3f}  test {test['score']:.3f}  "
+                  f"general loss {loss:.3f}", flush=True)
             del model
         best = max(candidates, key=lambda e: (scores[e], -e))
         return {"val_scores": {str(e): s for e, s in scores.items()}, "val_rows": len(td.val),
-                "chosen_epochs": best, "chosen_checkpoint": str(ckpts[best])}
+                "chosen_epochs": best, "chosen_checkpoint": str(ckpts[best]), "frontier": frontier}
 
 
 # ----------------------------------------------------------------------------------------------- main
@@ -381,6 +410,8 @@ def parse_args(argv=None):
     ap.add_argument("--tasks", nargs="*", help="only these tasks")
     ap.add_argument("--methods", nargs="*", help="only these methods")
     ap.add_argument("--sizes", type=int, nargs="*", help="only these task_rows")
+    ap.add_argument("--ratios", type=float, nargs="*", help="only these general_ratio values")
+    ap.add_argument("--variants", nargs="*", help="only these block variants ('-' = the unnamed one)")
     ap.add_argument("--max-cells", type=int, help="run at most N new cells, then stop")
     ap.add_argument("--time-budget", type=float, help="seconds; start no new cell that would likely end after it")
     ap.add_argument("--shared-data", help="where ../shared/data lives (e.g. a staged copy on the GPU machine)")
@@ -397,7 +428,9 @@ def parse_args(argv=None):
 def select(cells: list[Cell], args) -> list[Cell]:
     return [c for c in cells
             if (not args.seeds or c.seed in args.seeds) and (not args.tasks or c.task in args.tasks)
-            and (not args.methods or c.method in args.methods) and (not args.sizes or c.task_rows in args.sizes)]
+            and (not args.methods or c.method in args.methods) and (not args.sizes or c.task_rows in args.sizes)
+            and (not args.ratios or c.general_ratio in args.ratios)
+            and (not args.variants or (c.variant or "-") in args.variants)]
 
 
 def main(argv=None) -> int:

@@ -1,4 +1,5 @@
-"""The benchmark's smoke grid: `bench/run.py` end to end on the tiny model (two cells: tell and sft), then resumed."""
+"""The benchmark's smoke grid: `bench/run.py` end to end on the tiny model (tell, sft; zero_shot, sft_best's curve and a
+lever variant), then resumed."""
 
 from __future__ import annotations
 
@@ -34,9 +35,12 @@ def test_smoke_grid_writes_results_and_resumes(tiny_model, tmp_path):
     start = time.perf_counter()
     bench(*args)
     first = time.perf_counter() - start
-    runs = json.loads(out.read_text())["runs"]
+    all_runs = json.loads(out.read_text())["runs"]
+    runs = [r for r in all_runs if not r.get("variant")]
     assert sorted(r["method"] for r in runs) == ["sft", "tell"]
-    for run in runs:
+    for run in all_runs:
+        if run["method"] == "zero_shot":
+            continue
         missing = [k for k in REQUIRED if k not in run]
         assert not missing, (run["method"], missing)
         assert run["task"] == "question_formation" and run["task_rows"] == 10 and run["metric"] == "exact_match"
@@ -49,11 +53,24 @@ def test_smoke_grid_writes_results_and_resumes(tiny_model, tmp_path):
     assert tell["general_tokens"] > 0 and tell["task_repeats"] == 2 and sft["general_tokens"] == 0
     assert sft["task_repeats"] == 2 and sft["steps"] == 4  # 2 whole passes over 10 rows at batch 8
     assert out.with_suffix(".md").is_file() and list(out.parent.glob("smoke_*.png"))
+    # every run records the tell_* keys it ran with; a lever variant is its own cell (issue 13)
+    assert tell["tell_keys"]["tell_general_ratio"] == 2 and "tell_task_loss_weight" not in tell["tell_keys"]
+    assert sft["tell_keys"] is None
+    lever = next(r for r in all_runs if r["method"] == "tell" and r.get("variant") == "w3")
+    assert lever["tell_keys"]["tell_task_loss_weight"] == 3 and lever["key"].endswith("|v=w3")
+    # sft_best carries SFT's whole curve: every saved candidate epoch scored on test and general loss
+    best = next(r for r in all_runs if r["method"] == "sft_best")
+    assert [p["epochs"] for p in best["frontier"]] == [1, 2, 3, 5, 10, 20, 30]
+    assert all(0 <= p["score"] <= 1 and p["general_loss"] > 0 for p in best["frontier"])
+    chosen = next(p for p in best["frontier"] if p["epochs"] == best["chosen_epochs"])
+    assert chosen["score"] == best["score"]  # the kept adapter is the curve's point at that epoch
+    md = out.with_suffix(".md").read_text()
+    assert "## Frontier" in md and "## Goal per cell" in md and (out.parent / "smoke_frontier.png").is_file()
 
     again = bench(*args)  # resumable: every cell is already in the results file
     assert "0 to run" in again.stdout
-    assert json.loads(out.read_text())["runs"] == runs
-    print(f"smoke grid: {first:.0f}s for two cells")
+    assert json.loads(out.read_text())["runs"] == all_runs
+    print(f"smoke grid: {first:.0f}s for {len(all_runs)} cells")
 
 
 @pytest.mark.skipif(not (ROOT.parent / "shared" / "data" / "tasks").is_dir(), reason="needs ../shared/data")

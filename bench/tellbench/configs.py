@@ -37,7 +37,8 @@ def _chat_entry(path, ds_type: str = "chat_template") -> dict:
 
 
 def tell_config(model, settings, *, seed, general_pool, task_file, anchor, task_repeats, general_ratio,
-                out: Path, prepared: Path) -> dict:
+                out: Path, prepared: Path, extra_tell: dict | None = None) -> dict:
+    """``extra_tell``: a grid block's `tell` keys (a lever under test, e.g. ``tell_task_loss_weight``)."""
     cfg = _base(model, settings, seed, out, prepared)
     cfg.update({
         "plugins": ["axolotl_tell.TellPlugin"],
@@ -51,13 +52,18 @@ def tell_config(model, settings, *, seed, general_pool, task_file, anchor, task_
         "tell_general_shortfall": "warn",  # a short pool is recorded (ratio achieved), not an error
         "num_epochs": 1,
     })
+    cfg.update(extra_tell or {})
     return cfg
 
 
 def plain_config(model, settings, *, seed, data_file, out: Path, prepared: Path, epochs: int = 1,
                  max_steps: int | None = None, ordered: bool = False, anchor: str | None = None,
-                 save_every_epoch: bool = False) -> dict:
+                 save_every_epoch: bool = False, cpu_bf16: bool = False) -> dict:
+    """``cpu_bf16``: bf16 on a CPU-only machine needs the plugin (it passes transformers' ``use_cpu``); with no
+    ``tell_*`` data keys it changes nothing else, so the run stays plain Axolotl."""
     cfg = _base(model, settings, seed, out, prepared)
+    if cpu_bf16:
+        cfg["plugins"] = ["axolotl_tell.TellPlugin"]
     if anchor is None:
         cfg["datasets"] = [_chat_entry(data_file)]
     else:  # anchored SFT: the plugin's dataset strategy, no mixing (no tell_task_datasets)

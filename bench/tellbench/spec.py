@@ -21,7 +21,7 @@ TASK_KEYS = {"name", "description", "train", "test", "user_field", "assistant_fi
              "anchor", "max_new_tokens", "test_rows", "val_rows", "sizes", "general_leak_regex"}
 REQUIRED_TASK_KEYS = {"name", "train", "test", "user_field", "assistant_field", "metric", "anchor"}
 BLOCK_KEYS = {"tasks", "sizes", "methods", "seeds", "task_repeats", "general_ratio", "test_rows", "val_rows",
-              "max_new_tokens", "train", "general"}
+              "max_new_tokens", "train", "general", "variant", "tell"}
 
 
 class SpecError(ValueError):
@@ -67,6 +67,7 @@ class Cell:
     task_repeats: int | str  # requested: an integer or "auto"
     general_ratio: float
     overrides: dict = field(default_factory=dict, compare=False, hash=False)
+    variant: str = ""  # a block's name for its `train`/`tell` settings: part of the key, so variants never collide
 
     @property
     def task_name(self) -> str:
@@ -76,18 +77,20 @@ class Cell:
 
     @property
     def key(self) -> str:
-        return (f"{self.task}|{self.method}|n={self.task_rows}|seed={self.seed}|"
-                f"r={self.task_repeats}|g={self.general_ratio:g}")
+        key = (f"{self.task}|{self.method}|n={self.task_rows}|seed={self.seed}|"
+               f"r={self.task_repeats}|g={self.general_ratio:g}")
+        return key + (f"|v={self.variant}" if self.variant else "")
 
     @property
     def slug(self) -> str:
-        return (f"{self.task_name}-{self.method}-n{self.task_rows}-s{self.seed}-r{self.task_repeats}-"
+        slug = (f"{self.task_name}-{self.method}-n{self.task_rows}-s{self.seed}-r{self.task_repeats}-"
                 f"g{self.general_ratio:g}")
+        return slug + (f"-{self.variant}" if self.variant else "")
 
     def tell_twin(self) -> "Cell":
         """The TELL cell this cell is matched to (same data, seed, repeats and ratio)."""
         return Cell(self.task, "tell", self.task_rows, self.seed, self.task_repeats, self.general_ratio,
-                    self.overrides)
+                    self.overrides, self.variant)
 
 
 def _as_list(value) -> list:
@@ -105,7 +108,13 @@ def expand(grid_name: str, grids: dict | None = None) -> list[Cell]:
         if unknown:
             raise SpecError(f"grid {grid_name}: unknown keys {sorted(unknown)}")
         overrides = {k: copy.deepcopy(block[k]) for k in ("test_rows", "val_rows", "max_new_tokens", "train",
-                                                          "general") if k in block}
+                                                          "general", "tell") if k in block}
+        variant = str(block.get("variant") or "")
+        if variant and not variant.replace("_", "").replace(".", "").isalnum():
+            raise SpecError(f"grid {grid_name}: variant {variant!r}: use letters, digits, '_' and '.' only")
+        bad_tell = [k for k in block.get("tell") or {} if not str(k).startswith("tell_")]
+        if bad_tell:
+            raise SpecError(f"grid {grid_name}: `tell` holds plugin keys only (tell_*), not {bad_tell}")
         methods = _as_list(block["methods"])
         bad = [m for m in methods if m not in METHODS]
         if bad:
@@ -120,7 +129,7 @@ def expand(grid_name: str, grids: dict | None = None) -> list[Cell]:
                     _as_list(block.get("general_ratio", [20]))):
                 for method in methods:
                     cell = Cell(task, method, int(size), int(seed), repeats if repeats == "auto" else int(repeats),
-                                float(ratio), overrides)
+                                float(ratio), overrides, variant)
                     if cell.key not in seen:
                         seen.add(cell.key)
                         cells.append(cell)

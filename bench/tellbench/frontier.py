@@ -1,0 +1,178 @@
+"""Issue 13's reading of a results file: SFT's curve against TELL's points, and the goal line per cell.
+
+* the frontier: every ``sft_best`` run carries its whole curve (``frontier``: each saved epoch's test score and
+  held-out general loss); TELL runs are single points, one per configuration (``tell_keys``);
+* the x axis is the change of held-out general loss from the base model (``zero_shot`` of the same task);
+* the goal, per task and row count: TELL at the plugin's current defaults within 1 point of ``sft_best`` (mean
+  over seeds), its general loss within 0.02 nats of the base model's, while ``sft_best``'s is not.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections import defaultdict
+from pathlib import Path
+
+SCORE_TOLERANCE = 0.01  # "within 1 point"
+LOSS_TOLERANCE = 0.02  # nats
+
+
+def plugin_defaults() -> dict:
+    """The TELL keys a user gets without setting them (read from the plugin, so a new default is picked up)."""
+    from axolotl_tell.args import DEFAULT_GENERAL_RATIO, DEFAULT_TASK_LOSS_WEIGHT
+
+    return {"tell_general_ratio": float(DEFAULT_GENERAL_RATIO), "tell_task_repeats": "auto",
+            "tell_task_loss_weight": float(DEFAULT_TASK_LOSS_WEIGHT)}
+
+
+def tell_label(run: dict) -> str:
+    keys = run.get("tell_keys") or {}
+    weight = float(keys.get("tell_task_loss_weight", 1.0) or 1.0)
+    label = f"TELL g{run['general_ratio']:g}"
+    if run.get("task_repeats_requested") != "auto":
+        label += f" r{run['task_repeats_requested']}"
+    if weight != 1.0:
+        label += f" w{weight:g}"
+    if run.get("precision") == "fp32":
+        label += " fp32"
+    return label
+
+
+def is_default_tell(run: dict) -> bool:
+    if run.get("method") != "tell" or run.get("precision") == "fp32":
+        return False
+    keys = run.get("tell_keys") or {}
+    want = plugin_defaults()
+    return (float(run["general_ratio"]) == want["tell_general_ratio"]
+            and run.get("task_repeats_requested") == want["tell_task_repeats"]
+            and float(keys.get("tell_task_loss_weight", 1.0) or 1.0) == want["tell_task_loss_weight"])
+
+
+def _ms(values):
+    values = [v for v in values if v is not None]
+    if not values:
+        return None, None, 0
+    return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0, len(values)
+
+
+def _fmt(mean, sd, n, digits=3, signed=False):
+    if mean is None:
+        return "–"
+    text = f"{mean:+.{digits}f}" if signed else f"{mean:.{digits}f}"
+    return text + (f" ± {sd:.{digits}f}" if n > 1 else "") + f" (n={n})"
+
+
+def points(runs: list[dict]) -> dict:
+    """{(task, rows): {label: {"score": [...], "delta": [...]}}}: per seed, the change from that task's base."""
+    base = {}
+    for r in runs:
+        if r["method"] == "zero_shot" and r.get("general_loss") is not None:
+            base[r["task"]] = r["general_loss"]
+    cells = defaultdict(lambda: defaultdict(lambda: {"score": [], "delta": []}))
+    for r in runs:
+        b = base.get(r["task"])
+        if b is None or r["method"] == "zero_shot":
+            continue
+        cell = cells[(r["task"], r["task_rows"])]
+        if r["method"] == "sft_best":
+            for p in r.get("frontier") or []:
+                cell[f"SFT {p['epochs']} ep"]["score"].append(p["score"])
+                cell[f"SFT {p['epochs']} ep"]["delta"].append(p["general_loss"] - b)
+            label = "sft_best"
+        elif r["method"] == "tell":
+            label = tell_label(r)
+        else:
+            label = r["method"]
+        cell[label]["score"].append(r["score"])
+        cell[label]["delta"].append(r["general_loss"] - b)
+        if is_default_tell(r):
+            cell["TELL (defaults)"]["score"].append(r["score"])
+            cell["TELL (defaults)"]["delta"].append(r["general_loss"] - b)
+    for r in runs:
+        if r["method"] == "zero_shot":
+            for (task, rows), cell in cells.items():
+                if task == r["task"] and r["seed"] == 0:
+                    cell["zero_shot"]["score"].append(r["score"])
+                    cell["zero_shot"]["delta"].append(0.0)
+    return cells
+
+
+def _order(label: str):
+    if label.startswith("SFT "):
+        return (0, int(label.split()[1]))
+    return ({"sft_best": 1, "zero_shot": 2, "TELL (defaults)": 3}.get(label, 4), label)
+
+
+def table(runs: list[dict]) -> str:
+    lines = ["| task | rows | point | task score | Δ held-out general loss (nats) |", "|---|---:|---|---|---|"]
+    for (task, rows), cell in sorted(points(runs).items()):
+        for label in sorted(cell, key=_order):
+            p = cell[label]
+            lines.append(f"| {task} | {rows} | {label} | {_fmt(*_ms(p['score']))} | "
+                         f"{_fmt(*_ms(p['delta']), signed=True)} |")
+    return "\n".join(lines)
+
+
+def goal(runs: list[dict]) -> str:
+    lines = ["| task | rows | sft_best score | TELL (defaults) score | gap | TELL Δ loss | sft_best Δ loss | goal |",
+             "|---|---:|---|---|---:|---:|---:|---|"]
+    for (task, rows), cell in sorted(points(runs).items()):
+        best, tell = cell.get("sft_best"), cell.get("TELL (defaults)")
+        if not best or not tell:
+            lines.append(f"| {task} | {rows} | {_fmt(*_ms(best['score'])) if best else '–'} | "
+                         f"{_fmt(*_ms(tell['score'])) if tell else '–'} | – | – | – | not measured |")
+            continue
+        bs, ts = _ms(best["score"])[0], _ms(tell["score"])[0]
+        bd, td = _ms(best["delta"])[0], _ms(tell["delta"])[0]
+        gap = ts - bs
+        parts = ["task " + ("met" if gap >= -SCORE_TOLERANCE else f"missed ({gap:+.3f})"),
+                 "TELL keeps general " + ("yes" if td <= LOSS_TOLERANCE else f"no (+{td:.3f})"),
+                 "sft_best forgets " + ("yes" if bd > LOSS_TOLERANCE else f"no ({bd:+.3f})")]
+        seeds = min(len(best["score"]), len(tell["score"]))
+        lines.append(f"| {task} | {rows} | {_fmt(*_ms(best['score']))} | {_fmt(*_ms(tell['score']))} | {gap:+.3f} | "
+                     f"{td:+.3f} | {bd:+.3f} | {'; '.join(parts)}{'' if seeds >= 3 else f' ({seeds} seed(s) only)'} |")
+    return "\n".join(lines)
+
+
+def plot(runs: list[dict], path: Path) -> Path | None:
+    cells = points(runs)
+    if not cells:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keys = sorted(cells)
+    fig, axes = plt.subplots(1, len(keys), figsize=(5.2 * len(keys), 4.2), squeeze=False)
+    for ax, key in zip(axes[0], keys):
+        cell = cells[key]
+        sft = sorted((lab for lab in cell if lab.startswith("SFT ")), key=_order)
+        if sft:
+            xs = [statistics.mean(cell[lab]["delta"]) for lab in sft]
+            ys = [statistics.mean(cell[lab]["score"]) for lab in sft]
+            ax.plot(xs, ys, "-o", color="tab:gray", label="SFT by epochs (curve)")
+            for lab, x, y in zip(sft, xs, ys):
+                ax.annotate(lab.split()[1], (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
+        markers = {"sft_best": ("s", "tab:red"), "zero_shot": ("x", "black"), "TELL (defaults)": ("*", "tab:green")}
+        for label in sorted(cell, key=_order):
+            if label.startswith("SFT "):
+                continue
+            p = cell[label]
+            mx, sx, _ = _ms(p["delta"])
+            my, sy, _ = _ms(p["score"])
+            marker, color = markers.get(label, ("o", None))
+            ax.errorbar([mx], [my], xerr=[sx], yerr=[sy], fmt=marker, color=color, capsize=3, label=label,
+                        markersize=11 if label == "TELL (defaults)" else 7,
+                        mfc="none" if label == "TELL (defaults)" else None)
+        ax.axvline(LOSS_TOLERANCE, color="tab:green", ls=":", lw=1)
+        ax.set_title(f"{key[0]}, {key[1]} rows", fontsize=9)
+        ax.set_xlabel("Δ held-out general loss vs base (nats; left = kept)")
+        ax.set_ylabel("task score (test)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=6)
+    fig.suptitle("frontier: SFT's curve (epochs) vs TELL points; mean ± sd over seeds", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
