@@ -323,6 +323,8 @@ def validate_tell_config(cfg: dict) -> None:
 # Axolotl keys that choose a memory-saving loss: the per-source loss must not replace it with a full float32 CE.
 MEMORY_SAVING_LOSS_KEYS = ("chunked_cross_entropy", "liger_cross_entropy", "liger_fused_linear_cross_entropy",
                            "cut_cross_entropy")
+# Axolotl keys that compute the training loss outside the model (a `compute_loss_func`): no per-token weights.
+LOSS_REPLACING_KEYS = ("use_eaft",)
 MAX_TASK_LOSS_WEIGHT = 1000.0
 
 
@@ -340,9 +342,9 @@ def _check_task_loss_weight(cfg: dict) -> None:
     if cfg.get("tell_source_metrics") is False:
         _fail("tell_task_loss_weight", "the weight is applied by the per-source loss, which "
               "`tell_source_metrics: false` turns off", "remove `tell_source_metrics: false`, or the weight")
-    fused = [key for key in MEMORY_SAVING_LOSS_KEYS if cfg.get(key)]
+    fused = [key for key in MEMORY_SAVING_LOSS_KEYS + LOSS_REPLACING_KEYS if cfg.get(key)]
     if fused:
-        _fail(fused[0], f"a fused / chunked loss gives no per-token losses, so `tell_task_loss_weight: {weight}` "
+        _fail(fused[0], f"a fused, chunked or replaced loss gives no per-token losses, so `tell_task_loss_weight: {weight}` "
               "could not be applied", f"remove `{fused[0]}`, or set `tell_task_loss_weight: 1`")
 
 

@@ -14,22 +14,20 @@ LOG = logging.getLogger("axolotl.tell")
 
 
 def has_accelerator() -> bool:
+    """Whatever transformers itself accepts bf16 on (its own checks), or any CUDA device (an old GPU without
+    bf16 must get transformers' own error, not a silent move to the CPU)."""
     import torch
+    from transformers.utils import is_torch_bf16_gpu_available, is_torch_xla_available
 
-    for name in ("cuda", "xpu", "npu", "mps"):
-        backend = getattr(torch, name, None) if name != "mps" else getattr(torch.backends, "mps", None)
-        try:
-            if backend is not None and backend.is_available():
-                return True
-        except Exception:  # a backend stub that cannot answer is not an accelerator
-            continue
-    return False
+    return bool(torch.cuda.is_available() or is_torch_bf16_gpu_available() or is_torch_xla_available()
+                or (getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()))
 
 
 def cpu_bf16_training_args(cfg) -> dict | None:
-    """``{"use_cpu": True}`` when the config asks for bf16 (``bf16: true`` or ``bfloat16: true``) and no
-    accelerator is present; else None (Axolotl's own arguments stand)."""
-    if not (cfg.get("bf16") is True or cfg.get("bfloat16") is True) or has_accelerator():
+    """``{"use_cpu": True}`` when the config asks for bf16 (``bf16: true``, ``bf16: full`` or ``bfloat16: true``)
+    and no accelerator is present; else None (Axolotl's own arguments stand)."""
+    wants_bf16 = cfg.get("bf16") is True or cfg.get("bf16") == "full" or cfg.get("bfloat16") is True
+    if not wants_bf16 or has_accelerator():
         return None
     LOG.info("[axolotl_tell] bf16 on a CPU-only machine: training with CPU bf16 autocast (use_cpu=True)")
     return {"use_cpu": True}

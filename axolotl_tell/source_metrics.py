@@ -388,6 +388,13 @@ def attach(trainer, meter: SourceLossMeter, *, keep_model_loss: bool = False, re
             return (loss, outputs) if return_outputs else loss
         if source_loss is not None:
             source_loss.pending = None
+            if split == "train" and source_loss.task_weight != 1.0:
+                # labels were taken away before the forward (a compute_loss_func such as Axolotl's EAFT): the
+                # loss was computed elsewhere, without the weight; never train on as if it had been applied
+                raise TellTrainingError(
+                    f"tell_task_loss_weight: {source_loss.task_weight:g} was not applied: the training loss was "
+                    "computed outside the model (a `compute_loss_func`, e.g. `use_eaft`). Fix: set "
+                    "`tell_task_loss_weight: 1`, or remove what replaces the loss")
         logits = getattr(outputs, "logits", None) if not isinstance(outputs, dict) else outputs.get("logits")
         if logits is None or logits.dim() != 3 or labels is None:
             if not warned:

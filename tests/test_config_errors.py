@@ -48,6 +48,7 @@ CASES = [
      "tell_task_loss_weight"),
     ("loss weight with chunked CE", {"tell_task_loss_weight": 4, "chunked_cross_entropy": True},
      "chunked_cross_entropy"),
+    ("loss weight with EAFT", {"tell_task_loss_weight": 4, "use_eaft": True}, "use_eaft"),
 ]
 
 

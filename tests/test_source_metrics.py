@@ -361,3 +361,22 @@ def test_task_loss_weight_without_the_stock_loss_is_an_error(model_and_tokenizer
     trainer = Trainer(model=model, data_collator=lambda f: f, args=SimpleNamespace(world_size=1))
     with pytest.raises(TellTrainingError, match="tell_task_loss_weight"):
         attach(trainer, SourceLossMeter(KINDS), keep_model_loss=True, task_loss_weight=2.0)
+
+
+def test_task_loss_weight_not_applied_by_a_loss_computed_elsewhere_is_an_error(model_and_tokenizer):
+    """A `compute_loss_func` (Axolotl's `use_eaft`) takes the labels away, so the model's weighted loss never runs:
+    training must stop, not go on unweighted (evaluation, never weighted, goes on)."""
+    from transformers import AutoModelForCausalLM
+
+    from axolotl_tell.source_metrics import TellTrainingError, attach
+
+    model = AutoModelForCausalLM.from_pretrained(model_and_tokenizer[0].name_or_path)
+    trainer = _FakeTrainer(model, [])
+    attach(trainer, SourceLossMeter(KINDS), task_loss_weight=2.0)
+    inputs = {"input_ids": torch.tensor([[5, 6, 7, 8]]), "labels": torch.tensor([[-100, 6, 7, 8]]),
+              SOURCE_IDS: torch.tensor([[1, 1, 1, 1]])}
+    model.eval()
+    trainer.compute_loss(model, dict(inputs))  # eval: fine
+    model.train()
+    with pytest.raises(TellTrainingError, match="was not applied"):
+        trainer.compute_loss(model, dict(inputs))

@@ -38,14 +38,20 @@ def tell_label(run: dict) -> str:
     return label
 
 
+# tell_* keys every TELL cell of the bench sets (bench/tellbench/configs.py tell_config); other keys are levers
+BENCH_TELL_KEYS = {"tell_task_datasets", "tell_anchor", "tell_anchor_placement", "tell_task_repeats",
+                   "tell_general_ratio", "tell_spread", "tell_general_shortfall"}
+
+
 def is_default_tell(run: dict) -> bool:
+    """A TELL run at the plugin's defaults: default ratio and repeats, and every lever key at its default."""
     if run.get("method") != "tell" or run.get("precision") == "fp32":
         return False
-    keys = run.get("tell_keys") or {}
     want = plugin_defaults()
+    levers = {k: v for k, v in (run.get("tell_keys") or {}).items() if k not in BENCH_TELL_KEYS}
     return (float(run["general_ratio"]) == want["tell_general_ratio"]
             and run.get("task_repeats_requested") == want["tell_task_repeats"]
-            and float(keys.get("tell_task_loss_weight", 1.0) or 1.0) == want["tell_task_loss_weight"])
+            and all(k in want and float(v) == float(want[k]) for k, v in levers.items()))
 
 
 def _ms(values):
@@ -64,15 +70,15 @@ def _fmt(mean, sd, n, digits=3, signed=False):
 
 def points(runs: list[dict]) -> dict:
     """{(task, rows): {label: {"score": [...], "delta": [...]}}}: per seed, the change from that task's base."""
-    base = {}
-    for r in runs:
+    base = {}  # the base model's held-out general loss, per task (zero_shot does not depend on rows or seed)
+    for r in sorted(runs, key=lambda r: (r["seed"], r["task_rows"])):
         if r["method"] == "zero_shot" and r.get("general_loss") is not None:
-            base[r["task"]] = r["general_loss"]
+            base.setdefault(r["task"], r)
     cells = defaultdict(lambda: defaultdict(lambda: {"score": [], "delta": []}))
     for r in runs:
-        b = base.get(r["task"])
-        if b is None or r["method"] == "zero_shot":
+        if r["task"] not in base or r["method"] == "zero_shot":
             continue
+        b = base[r["task"]]["general_loss"]
         cell = cells[(r["task"], r["task_rows"])]
         if r["method"] == "sft_best":
             for p in r.get("frontier") or []:
@@ -88,12 +94,11 @@ def points(runs: list[dict]) -> dict:
         if is_default_tell(r):
             cell["TELL (defaults)"]["score"].append(r["score"])
             cell["TELL (defaults)"]["delta"].append(r["general_loss"] - b)
-    for r in runs:
-        if r["method"] == "zero_shot":
-            for (task, rows), cell in cells.items():
-                if task == r["task"] and r["seed"] == 0:
-                    cell["zero_shot"]["score"].append(r["score"])
-                    cell["zero_shot"]["delta"].append(0.0)
+    for (task, rows), cell in cells.items():
+        same_rows = [r for r in runs if r["method"] == "zero_shot" and r["task"] == task and r["task_rows"] == rows]
+        zero = same_rows[0] if same_rows else base[task]  # one point: the base model is the same for every seed
+        cell["zero_shot"]["score"].append(zero["score"])
+        cell["zero_shot"]["delta"].append(0.0)
     return cells
 
 
