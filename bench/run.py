@@ -372,6 +372,9 @@ class Bench:
             epoch = json.loads(state.read_text()).get("epoch")
             if epoch is not None:
                 ckpts[int(round(float(epoch)))] = state.parent
+        lost = [e for e in self.grids["sft_best"]["candidates"] if e <= max(ckpts, default=0) and e not in ckpts]
+        if lost:  # a checkpoint limit deleted them: choosing among the rest would be a different method
+            raise RuntimeError(f"sft_best: no saved adapter for candidate epochs {lost} in {d / 'out'}")
         candidates = [e for e in self.grids["sft_best"]["candidates"] if e in ckpts]
         if not candidates:
             return {"val_scores": {}, "chosen_epochs": None, "chosen_checkpoint": None}

@@ -77,7 +77,8 @@ def plain_config(model, settings, *, seed, data_file, out: Path, prepared: Path,
     if ordered:  # keep the file's row order through preparation and sampling, as the plugin does
         cfg.update({"curriculum_sampling": True, "shuffle_merged_datasets": False, "dataloader_drop_last": False})
     if save_every_epoch:
-        cfg.update({"save_strategy": "epoch", "save_only_model": True, "save_total_limit": None})
+        # every epoch's adapter must survive to be scored: Axolotl keeps only the last 4 when the limit is unset
+        cfg.update({"save_strategy": "epoch", "save_only_model": True, "save_total_limit": int(epochs) + 1})
     return {k: v for k, v in cfg.items() if v is not None}
 
 
