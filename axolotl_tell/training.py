@@ -13,7 +13,7 @@ from pathlib import Path
 from transformers import TrainerCallback
 
 from axolotl_tell import compat
-from axolotl_tell.args import MEMORY_SAVING_LOSS_KEYS, resolved_task_loss_weight
+from axolotl_tell.args import DEFAULT_TASK_LOSS_WEIGHT, MEMORY_SAVING_LOSS_KEYS, resolved_task_loss_weight
 from axolotl_tell.report import INFERENCE_FILE, write_json
 
 LOG = logging.getLogger("axolotl.tell")
@@ -33,8 +33,14 @@ def prepare_trainer(plugin, cfg, trainer) -> None:
         plugin.meter = SourceLossMeter(plugin.source_kinds)
         plugin.meter_replicas = int(cfg.get("tensor_parallel_size") or 1)  # TP ranks see the same tokens
         keep = [key for key in MEMORY_SAVING_LOSS_KEYS if cfg.get(key)]
+        weight = resolved_task_loss_weight(cfg)
+        if cfg.get("tell_task_loss_weight") is None and weight != DEFAULT_TASK_LOSS_WEIGHT:
+            LOG.warning("[axolotl_tell] the default tell_task_loss_weight (%g) does not apply with a memory-saving "
+                        "or replaced loss: task tokens count once", DEFAULT_TASK_LOSS_WEIGHT)
+        LOG.info("[axolotl_tell] task loss weight: %g (each supervised task token counts %g times in training)",
+                 weight, weight)
         attach(trainer, plugin.meter, keep_model_loss=bool(keep), replicas=plugin.meter_replicas,
-               task_loss_weight=resolved_task_loss_weight(cfg))
+               task_loss_weight=weight)
     trainer.add_callback(_RecordTrained(plugin))
     trainer.add_callback(_SpecIntoCheckpoints(plugin, cfg))
     if cfg.get("tell_eval_generate") and plugin.prepared.eval_raw:

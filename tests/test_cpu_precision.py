@@ -27,3 +27,4 @@ def test_every_device_transformers_takes_bf16_on_counts_as_an_accelerator(monkey
     monkeypatch.setattr(tu, "is_torch_bf16_gpu_available", lambda: False)
     monkeypatch.setattr(tu, "is_torch_xla_available", lambda: True)
     assert cpu_precision.has_accelerator()
+

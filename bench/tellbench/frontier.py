@@ -25,9 +25,15 @@ def plugin_defaults() -> dict:
             "tell_task_loss_weight": float(DEFAULT_TASK_LOSS_WEIGHT)}
 
 
+def loss_weight(run: dict) -> float:
+    """The task loss weight a TELL run trained with: recorded from its report (runs from before the key: 1)."""
+    if run.get("task_loss_weight") is not None:
+        return float(run["task_loss_weight"])
+    return float((run.get("tell_keys") or {}).get("tell_task_loss_weight", 1.0))
+
+
 def tell_label(run: dict) -> str:
-    keys = run.get("tell_keys") or {}
-    weight = float(keys.get("tell_task_loss_weight", 1.0) or 1.0)
+    weight = loss_weight(run)
     label = f"TELL g{run['general_ratio']:g}"
     if run.get("task_repeats_requested") != "auto":
         label += f" r{run['task_repeats_requested']}"
@@ -51,7 +57,8 @@ def is_default_tell(run: dict) -> bool:
     levers = {k: v for k, v in (run.get("tell_keys") or {}).items() if k not in BENCH_TELL_KEYS}
     return (float(run["general_ratio"]) == want["tell_general_ratio"]
             and run.get("task_repeats_requested") == want["tell_task_repeats"]
-            and all(k in want and float(v) == float(want[k]) for k, v in levers.items()))
+            and loss_weight(run) == want["tell_task_loss_weight"]
+            and all(k in want for k in levers))
 
 
 def _ms(values):
