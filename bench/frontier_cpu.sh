@@ -12,13 +12,13 @@ bench() { PATH="$(dirname "$PY"):$PATH" "$PY" bench/run.py --grid frontier_cpu -
             --device cpu --device-note "$NOTE" "$@"; }
 step_precision() { bench --seeds 0 --methods tell --ratios 3; }           # bf16 vs fp32, same cell (+ OS at 3)
 step_sft()       { bench --seeds 0 --methods zero_shot sft_best; }        # SFT's curve + sft_best
+step_eq3()       { bench --seeds 0 --methods tell --ratios 3 --variants eq; }  # the loss-share lever at ratio 3
 step_os10()      { bench --seeds 0 --methods tell --tasks opinion_sentiment --ratios 10 --variants - eq; }
-step_qf10()      { bench --seeds 0 --methods tell --tasks question_formation --ratios 10 --variants -; }
-step_qf10eq()    { bench --seeds 0 --methods tell --tasks question_formation --ratios 10 --variants eq; }
+step_qf10()      { bench --seeds 0 --methods tell --tasks question_formation --ratios 10 --variants - eq; }
 step_seeds()     { bench --seeds 1 2 --ratios 0 3 10 --variants - eq; }  # the same cells on seeds 1 and 2
 step_ratio50()   { bench --ratios 50; }                                     # 270-620 steps a run: ~1 h each here
 # Wait for a bench already running (one torch job at a time), then go on.
 while pgrep -f "bench/run.py --grid frontier_cpu" > /dev/null; do sleep 20; done
-steps=("$@"); [ ${#steps[@]} -eq 0 ] && steps=(precision sft os10 qf10 qf10eq seeds ratio50)
+steps=("$@"); [ ${#steps[@]} -eq 0 ] && steps=(precision sft eq3 os10 qf10 seeds ratio50)
 for s in "${steps[@]}"; do echo "[frontier] step $s $(date -u +%H:%M:%S)"; "step_$s"; done
 echo "[frontier] done $(date -u +%H:%M:%S)"
