@@ -37,6 +37,18 @@ def _hand(logits, labels, owners):
     return sums
 
 
+def _padded_batch(tokenizer, num_items):
+    """The three rows as Axolotl's collator pads them (unpacked), their source ids, and the loss kwargs."""
+    from axolotl.utils.collators import DataCollatorForSeq2Seq
+
+    rows = _rows(tokenizer)
+    for r in rows:
+        r.pop("position_ids")
+    batch = SourceIdsCollator(DataCollatorForSeq2Seq(tokenizer, padding=True, return_tensors="pt"))(rows)
+    kwargs = {} if num_items is None else {"num_items_in_batch": torch.tensor(num_items)}
+    return batch, batch.pop(SOURCE_IDS), kwargs
+
+
 @pytest.fixture(scope="module")
 def model_and_tokenizer(tiny_model):
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -115,18 +127,11 @@ def test_train_and_eval_sums_are_kept_apart():
 @pytest.mark.parametrize("num_items", [None, 7])
 def test_source_aware_loss_equals_the_default_loss_and_counts_sources(model_and_tokenizer, num_items):
     """One CE for both: the training loss and its gradient match transformers' default; sums match by hand."""
-    from axolotl.utils.collators import DataCollatorForSeq2Seq
     from transformers import AutoModelForCausalLM
 
     from axolotl_tell.source_metrics import install_source_loss
 
-    _, tok = model_and_tokenizer
-    rows = _rows(tok)
-    for r in rows:
-        r.pop("position_ids")
-    batch = SourceIdsCollator(DataCollatorForSeq2Seq(tok, padding=True, return_tensors="pt"))([dict(r) for r in rows])
-    source_ids = batch.pop(SOURCE_IDS)
-    kwargs = {} if num_items is None else {"num_items_in_batch": torch.tensor(num_items)}
+    batch, source_ids, kwargs = _padded_batch(model_and_tokenizer[1], num_items)
     path = model_and_tokenizer[0].name_or_path
     reference, patched = AutoModelForCausalLM.from_pretrained(path), AutoModelForCausalLM.from_pretrained(path)
     meter = SourceLossMeter(KINDS)
@@ -308,18 +313,11 @@ def test_logits_fallback_scores_in_bounded_chunks(model_and_tokenizer):
 def test_task_loss_weight_multiplies_task_tokens_in_training_only(model_and_tokenizer, num_items):
     """loss = (w * sum task token CE + sum general token CE) / denominator, checked against a hand sum; eval and
     the logged per-source losses stay unweighted."""
-    from axolotl.utils.collators import DataCollatorForSeq2Seq
     from transformers import AutoModelForCausalLM
 
     from axolotl_tell.source_metrics import install_source_loss
 
-    _, tok = model_and_tokenizer
-    rows = _rows(tok)
-    for r in rows:
-        r.pop("position_ids")
-    batch = SourceIdsCollator(DataCollatorForSeq2Seq(tok, padding=True, return_tensors="pt"))([dict(r) for r in rows])
-    source_ids = batch.pop(SOURCE_IDS)
-    kwargs = {} if num_items is None else {"num_items_in_batch": torch.tensor(num_items)}
+    batch, source_ids, kwargs = _padded_batch(model_and_tokenizer[1], num_items)
     model = AutoModelForCausalLM.from_pretrained(model_and_tokenizer[0].name_or_path)
     meter = SourceLossMeter(KINDS)
     source_loss = install_source_loss(model, meter, task_weight=4.0)
