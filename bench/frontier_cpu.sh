@@ -10,15 +10,21 @@ PY=${PY:-.venv/bin/python}
 NOTE=${NOTE:-"$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(nproc) cores"}
 bench() { PATH="$(dirname "$PY"):$PATH" "$PY" bench/run.py --grid frontier_cpu --out bench/results/frontier_cpu.json \
             --device cpu --device-note "$NOTE" "$@"; }
-step_precision() { bench --seeds 0 --methods tell --ratios 3; }           # bf16 vs fp32, same cell (+ OS at 3)
-step_sft()       { bench --seeds 0 --methods zero_shot sft_best; }        # SFT's curve + sft_best
-step_eq3()       { bench --seeds 0 --methods tell --ratios 3 --variants eq; }  # the loss-share lever at ratio 3
-step_os10()      { bench --seeds 0 --methods tell --tasks opinion_sentiment --ratios 10 --variants - eq; }
-step_qf10()      { bench --seeds 0 --methods tell --tasks question_formation --ratios 10 --variants - eq; }
-step_seeds()     { bench --seeds 1 2 --ratios 0 3 10 --variants - eq; }  # the same cells on seeds 1 and 2
-step_ratio50()   { bench --ratios 50; }                                     # 270-620 steps a run: ~1 h each here
+step_precision() { bench --sizes 10 --seeds 0 --methods tell --ratios 3; }  # bf16 vs fp32, same cell (+ OS at 3)
+step_sft()       { bench --sizes 10 --seeds 0 --methods zero_shot sft_best; }  # SFT's curve + sft_best
+step_eq3()       { bench --sizes 10 --seeds 0 --methods tell --ratios 3 --variants r40; }  # the loss-share lever
+step_os10()      { bench --sizes 10 --seeds 0 --methods tell --tasks opinion_sentiment --ratios 10 --variants - eq; }
+step_rows30()    { bench --sizes 30 --seeds 0 --methods tell --ratios 3 --variants eq  # defaults
+                   bench --sizes 30 --seeds 0 --methods zero_shot sft_best; }
+step_repeats()   { bench --sizes 10 --seeds 0 --tasks question_formation --methods tell --ratios 3 --variants r40
+                   bench --sizes 30 --seeds 0 --tasks opinion_sentiment --methods tell --ratios 3 --variants r20; }
+step_seeds()     { for s in 1 2; do                                    # defaults and sft_best on seeds 1 and 2
+                     bench --sizes 10 --seeds $s --methods tell --ratios 3 --variants eq
+                     bench --sizes 10 --seeds $s --methods zero_shot sft_best; done; }
+step_qf10()      { bench --sizes 10 --seeds 0 --methods tell --tasks question_formation --ratios 10 --variants - eq; }
+step_ratio50()   { bench --sizes 10 --ratios 50; }                           # 270-620 steps a run: ~1 h each here
 # Wait for a bench already running (one torch job at a time), then go on.
 while pgrep -f "bench/run.py --grid frontier_cpu" > /dev/null; do sleep 20; done
-steps=("$@"); [ ${#steps[@]} -eq 0 ] && steps=(precision sft eq3 os10 qf10 seeds ratio50)
+steps=("$@"); [ ${#steps[@]} -eq 0 ] && steps=(precision sft eq3 os10 rows30 repeats seeds qf10 ratio50)
 for s in "${steps[@]}"; do echo "[frontier] step $s $(date -u +%H:%M:%S)"; "step_$s"; done
 echo "[frontier] done $(date -u +%H:%M:%S)"
