@@ -425,7 +425,8 @@ def test_zero_supervised_general_pool_ok_with_zero_budget():
 
 
 @pytest.mark.parametrize(
-    "rows, repeats", [(1, 20), (10, 20), (11, 19), (30, 7), (99, 3), (100, 2), (199, 2), (200, 1), (10000, 1)]
+    "rows, repeats",
+    [(1, 20), (10, 20), (30, 20), (31, 20), (40, 15), (99, 7), (100, 6), (300, 2), (599, 2), (600, 1), (10000, 1)],
 )
 def test_auto_task_repeats(rows, repeats):
     assert auto_task_repeats(rows) == repeats
@@ -438,7 +439,7 @@ def test_auto_task_repeats_rejects_no_rows():
         auto_task_repeats(0)
 
 
-@pytest.mark.parametrize("rows, repeats", [(10, 20), (30, 7), (100, 2), (200, 1)])
+@pytest.mark.parametrize("rows, repeats", [(10, 20), (30, 20), (100, 6), (600, 1)])
 def test_build_plan_auto_repeats(rows, repeats):
     plan = build_plan(np.ones(rows, dtype=np.int64), np.ones(50, dtype=np.int64),
                       task_repeats="auto", general_ratio=None, general_tokens=5)

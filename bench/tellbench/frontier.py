@@ -32,11 +32,18 @@ def loss_weight(run: dict) -> float:
     return float((run.get("tell_keys") or {}).get("tell_task_loss_weight", 1.0))
 
 
+def default_repeats(run: dict) -> int:
+    """The repeats ``tell_task_repeats: auto`` gives this run's row count today (the rule changed in issue 13)."""
+    from axolotl_tell.plan import auto_task_repeats
+
+    return auto_task_repeats(int(run["task_rows"]))
+
+
 def tell_label(run: dict) -> str:
     weight = loss_weight(run)
     label = f"TELL g{run['general_ratio']:g}"
-    if run.get("task_repeats_requested") != "auto":
-        label += f" r{run['task_repeats_requested']}"
+    if run.get("task_repeats") is not None and int(run["task_repeats"]) != default_repeats(run):
+        label += f" r{int(run['task_repeats'])}"  # the repeats it ran with, where today's auto gives others
     if weight != 1.0:
         label += f" w{weight:g}"
     if run.get("precision") == "fp32":
@@ -50,13 +57,15 @@ BENCH_TELL_KEYS = {"tell_task_datasets", "tell_anchor", "tell_anchor_placement",
 
 
 def is_default_tell(run: dict) -> bool:
-    """A TELL run at the plugin's defaults: default ratio and repeats, and every lever key at its default."""
+    """A TELL run at the plugin's defaults: default ratio, today's auto repeats, every lever key at its default."""
     if run.get("method") != "tell" or run.get("precision") == "fp32":
         return False
     want = plugin_defaults()
     levers = {k: v for k, v in (run.get("tell_keys") or {}).items() if k not in BENCH_TELL_KEYS}
+    # the repeats it ran with, not the ones it asked for: an earlier `auto` (200 occurrences) gave 30 rows 7, today's
+    # gives 20, so a run that asked for 20 at 30 rows is today's default and the old `auto` run is not
     return (float(run["general_ratio"]) == want["tell_general_ratio"]
-            and run.get("task_repeats_requested") == want["tell_task_repeats"]
+            and run.get("task_repeats") is not None and int(run["task_repeats"]) == default_repeats(run)
             and loss_weight(run) == want["tell_task_loss_weight"]
             and all(k in want for k in levers))
 
