@@ -14,7 +14,7 @@ step_precision() { bench --sizes 10 --seeds 0 --methods tell --ratios 3; }  # bf
 step_sft()       { bench --sizes 10 --seeds 0 --methods zero_shot sft_best; }  # SFT's curve + sft_best
 step_eq3()       { bench --sizes 10 --seeds 0 --methods tell --ratios 3 --variants r40; }  # the loss-share lever
 step_os10()      { bench --sizes 10 --seeds 0 --methods tell --tasks opinion_sentiment --ratios 10 --variants - eq; }
-step_rows30()    { bench --sizes 30 --seeds 0 --methods tell --ratios 3 --variants eq  # defaults
+step_rows30()    { bench --sizes 30 --seeds 0 --methods tell --ratios 3 --variants eq  # auto: 7 repeats when run, 20 now
                    bench --sizes 30 --seeds 0 --methods zero_shot sft_best; }
 step_repeats()   { bench --sizes 10 --seeds 0 --tasks question_formation --methods tell --ratios 3 --variants r40
                    bench --sizes 30 --seeds 0 --tasks opinion_sentiment --methods tell --ratios 3 --variants r20; }
