@@ -12,7 +12,7 @@ bench() { PATH="$(dirname "$PY"):$PATH" "$PY" bench/run.py --grid frontier_cpu -
             --device cpu --device-note "$NOTE" "$@"; }
 step_precision() { bench --sizes 10 --seeds 0 --methods tell --ratios 3; }  # bf16 vs fp32, same cell (+ OS at 3)
 step_sft()       { bench --sizes 10 --seeds 0 --methods zero_shot sft_best; }  # SFT's curve + sft_best
-step_eq3()       { bench --sizes 10 --seeds 0 --methods tell --ratios 3 --variants r40; }  # the loss-share lever
+step_eq3()       { bench --sizes 10 --seeds 0 --methods tell --ratios 3 --variants eq; }  # the loss-share lever
 step_os10()      { bench --sizes 10 --seeds 0 --methods tell --tasks opinion_sentiment --ratios 10 --variants - eq; }
 step_rows30()    { bench --sizes 30 --seeds 0 --methods tell --ratios 3 --variants eq  # auto: 7 repeats when run, 20 now
                    bench --sizes 30 --seeds 0 --methods zero_shot sft_best; }
