@@ -18,6 +18,13 @@ step_rows30()    { bench --sizes 30 --seeds 0 --methods tell --ratios 3 --varian
                    bench --sizes 30 --seeds 0 --methods zero_shot sft_best; }
 step_repeats()   { bench --sizes 10 --seeds 0 --tasks question_formation --methods tell --ratios 3 --variants r40
                    bench --sizes 30 --seeds 0 --tasks opinion_sentiment --methods tell --ratios 3 --variants r20; }
+step_os_seeds()  { local os=(--tasks opinion_sentiment)                # opinion_sentiment, where TELL trailed
+                   bench --sizes 10 --seeds 1 "${os[@]}" --methods zero_shot sft_best
+                   bench --sizes 30 --seeds 1 "${os[@]}" --methods tell --ratios 3 --variants eq
+                   bench --sizes 30 --seeds 1 "${os[@]}" --methods zero_shot sft_best
+                   bench --sizes 10 --seeds 1 "${os[@]}" --methods tell --ratios 10 --variants -
+                   bench --sizes 10 --seeds 2 "${os[@]}" --methods tell --ratios 3 --variants eq
+                   bench --sizes 10 --seeds 2 "${os[@]}" --methods zero_shot sft_best; }
 step_seeds()     { for s in 1 2; do                                    # defaults and sft_best on seeds 1 and 2
                      bench --sizes 10 --seeds $s --methods tell --ratios 3 --variants eq
                      bench --sizes 10 --seeds $s --methods zero_shot sft_best; done; }
@@ -25,6 +32,6 @@ step_qf10()      { bench --sizes 10 --seeds 0 --methods tell --tasks question_fo
 step_ratio50()   { bench --sizes 10 --ratios 50; }                           # 270-620 steps a run: ~1 h each here
 # Wait for a bench already running (one torch job at a time), then go on.
 while pgrep -f "bench/run.py --grid frontier_cpu" > /dev/null; do sleep 20; done
-steps=("$@"); [ ${#steps[@]} -eq 0 ] && steps=(precision sft eq3 os10 rows30 repeats seeds qf10 ratio50)
+steps=("$@"); [ ${#steps[@]} -eq 0 ] && steps=(precision sft eq3 os10 rows30 repeats os_seeds seeds qf10 ratio50)
 for s in "${steps[@]}"; do echo "[frontier] step $s $(date -u +%H:%M:%S)"; "step_$s"; done
 echo "[frontier] done $(date -u +%H:%M:%S)"

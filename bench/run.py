@@ -358,8 +358,8 @@ class Bench:
             [r["prompt"] for r in data.read_jsonl(Path(gen["gen_prompts"]))], spec.get("general_leak_regex"),
             max_new_tokens=int((general_cfg.get("gen_check") or {}).get("max_new_tokens", 64)), batch_size=self.batch)
         out.update(score=task["score"], metric=spec["metric"],
-                   metrics={k: v for k, v in task.items() if k not in ("examples", "metric")},
-                   examples=task["examples"], test_rows=len(td.test), **general)
+                   metrics={k: v for k, v in task.items() if k not in ("examples", "metric", "row_hits")},
+                   row_hits=task["row_hits"], examples=task["examples"], test_rows=len(td.test), **general)
         del model
         if cache is not None:
             cache.parent.mkdir(parents=True, exist_ok=True)

@@ -47,6 +47,9 @@ def test_smoke_grid_writes_results_and_resumes(tiny_model, tmp_path):
         assert 0.0 <= run["score"] <= 1.0 and run["general_loss"] > 0 and run["steps"] > 0
         assert run["train_tokens"] == run["general_tokens"] + run["task_tokens"] > 0
         assert 0.0 <= run["gen_check"]["ok"] <= 1.0
+        # each test row's hit, so two runs can be compared row by row; it adds up to the score
+        assert len(run["row_hits"]) == run["test_rows"] and set(run["row_hits"]) <= {"0", "1"}
+        assert run["row_hits"].count("1") == round(run["score"] * run["test_rows"])
     tell = next(r for r in runs if r["method"] == "tell")
     sft = next(r for r in runs if r["method"] == "sft")
     assert tell["prompt"] == "anchored" and sft["prompt"] == "plain"

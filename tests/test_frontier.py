@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
-from tellbench.frontier import is_default_tell, tell_label  # noqa: E402
+from tellbench.frontier import gap_noise, goal, is_default_tell, tell_label  # noqa: E402
 
 
 def tell_run(rows: int, repeats: int, requested="auto", ratio=3.0, weight=3.0, precision="bf16") -> dict:
@@ -37,3 +37,48 @@ def test_default_tell_is_judged_by_the_repeats_it_ran_with(run, default, label):
 
 def test_sft_is_never_default_tell():
     assert not is_default_tell({**tell_run(10, 20), "method": "sft_best"})
+
+
+def point(hits_by_seed: dict) -> dict:
+    """A frontier point as ``points`` builds it, from each seed's row hits."""
+    seeds = sorted(hits_by_seed)
+    hits = [hits_by_seed[s] for s in seeds]
+    return {"seed": seeds, "hits": hits, "n": [len(h) for h in hits],
+            "score": [h.count("1") / len(h) for h in hits], "delta": [0.0] * len(seeds)}
+
+
+def test_gap_noise_pairs_rows_where_both_sides_kept_them():
+    # 100 rows; the two agree on 90 of them: the paired error is far below the binomial one
+    tell = point({0: "1" * 60 + "0" * 40})
+    best = point({0: "1" * 55 + "0" * 5 + "1" * 5 + "0" * 35})
+    paired, how = gap_noise(tell, best)
+    assert how == "paired"
+    diffs = [0] * 55 + [1] * 5 + [-1] * 5 + [0] * 35
+    assert paired == pytest.approx((sum(d * d for d in diffs) / 99) ** 0.5 / 10)
+    unpaired, how = gap_noise({**tell, "hits": [None]}, best)
+    assert how == "binomial"
+    assert unpaired == pytest.approx((0.6 * 0.4 / 100 + 0.6 * 0.4 / 100) ** 0.5)
+    assert paired < unpaired / 2
+
+
+def test_gap_noise_needs_the_same_seeds_on_both_sides_to_pair():
+    tell = point({0: "1" * 60 + "0" * 40, 1: "1" * 50 + "0" * 50})
+    best = point({0: "1" * 60 + "0" * 40})
+    assert gap_noise(tell, best)[1] == "binomial"
+    assert gap_noise({**tell, "n": [100, None]}, best) == (None, "unknown")
+
+
+def run(task, method, seed, score, loss, hits=None, **extra):
+    return {"task": task, "task_rows": 10, "method": method, "seed": seed, "score": score, "general_loss": loss,
+            "test_rows": 100, "row_hits": hits, **extra}
+
+
+def test_goal_says_when_a_miss_is_inside_the_test_sets_noise():
+    base = run("t", "zero_shot", 0, 0.0, 1.6)
+    tell = {**tell_run(10, 20), **run("t", "tell", 0, 0.60, 1.59, "1" * 60 + "0" * 40)}
+    close = run("t", "sft_best", 0, 0.63, 2.5, "1" * 60 + "0" * 37 + "1" * 3, frontier=[])
+    far = run("t", "sft_best", 0, 0.90, 2.5, "1" * 90 + "0" * 10, frontier=[])
+    line = goal([base, tell, close]).splitlines()[-1]
+    assert "missed (-0.030), inside 2 SE" in line and "(paired)" in line
+    line = goal([base, tell, far]).splitlines()[-1]
+    assert "missed (-0.300)" in line and "inside" not in line

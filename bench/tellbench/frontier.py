@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import math
 import statistics
 from collections import defaultdict
 from pathlib import Path
@@ -90,7 +91,16 @@ def points(runs: list[dict]) -> dict:
     for r in sorted(runs, key=lambda r: (r["seed"], r["task_rows"])):
         if r["method"] == "zero_shot" and r.get("general_loss") is not None:
             base.setdefault(r["task"], r)
-    cells = defaultdict(lambda: defaultdict(lambda: {"score": [], "delta": []}))
+    cells = defaultdict(lambda: defaultdict(lambda: {"score": [], "delta": [], "seed": [], "n": [], "hits": []}))
+
+    def add(label, r, score, delta, hits=None):
+        point = cell[label]
+        point["score"].append(score)
+        point["delta"].append(delta)
+        point["seed"].append(r.get("seed"))
+        point["n"].append(r.get("test_rows"))
+        point["hits"].append(hits)
+
     for r in runs:
         if r["task"] not in base or r["method"] == "zero_shot":
             continue
@@ -98,23 +108,20 @@ def points(runs: list[dict]) -> dict:
         cell = cells[(r["task"], r["task_rows"])]
         if r["method"] == "sft_best":
             for p in r.get("frontier") or []:
-                cell[f"SFT {p['epochs']} ep"]["score"].append(p["score"])
-                cell[f"SFT {p['epochs']} ep"]["delta"].append(p["general_loss"] - b)
+                add(f"SFT {p['epochs']} ep", r, p["score"], p["general_loss"] - b)
             label = "sft_best"
         elif r["method"] == "tell":
             label = tell_label(r)
         else:
             label = r["method"]
-        cell[label]["score"].append(r["score"])
-        cell[label]["delta"].append(r["general_loss"] - b)
+        add(label, r, r["score"], r["general_loss"] - b, r.get("row_hits"))
         if is_default_tell(r):
-            cell["TELL (defaults)"]["score"].append(r["score"])
-            cell["TELL (defaults)"]["delta"].append(r["general_loss"] - b)
+            add("TELL (defaults)", r, r["score"], r["general_loss"] - b, r.get("row_hits"))
     for (task, rows), cell in cells.items():
         same_rows = [r for r in runs if r["method"] == "zero_shot" and r["task"] == task and r["task_rows"] == rows]
         zero = same_rows[0] if same_rows else base[task]  # one point: the base model is the same for every seed
-        cell["zero_shot"]["score"].append(zero["score"])
-        cell["zero_shot"]["delta"].append(0.0)
+        cell["zero_shot"].update(score=[zero["score"]], delta=[0.0], seed=[zero.get("seed")],
+                                 n=[zero.get("test_rows")], hits=[zero.get("row_hits")])
     return cells
 
 
@@ -134,24 +141,57 @@ def table(runs: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def gap_noise(tell: dict, best: dict) -> tuple[float | None, str]:
+    """The test set's sampling error (1 SE) of the gap between two points' mean scores, and how it was computed.
+
+    Both score the same test rows, so where both kept each row's hit (``row_hits``) for the same seeds the gap is
+    paired row by row ("paired"): rows both get right or both get wrong add no noise. Otherwise each mean is treated
+    as an independent binomial estimate ("binomial"), which overstates the noise when the two agree on most rows.
+    Seed-to-seed spread is not in it: that is the ± of the scores.
+    """
+    hits_t, hits_b = (dict(zip(p["seed"], p["hits"])) for p in (tell, best))
+    pairs = [(hits_t[s], hits_b[s]) for s in hits_t if s in hits_b and hits_t[s] and hits_b[s]
+             and len(hits_t[s]) == len(hits_b[s])]
+    if pairs and len(pairs) == len(tell["seed"]) == len(best["seed"]):  # the same seeds on both sides, all kept
+        var = 0.0
+        for a, b in pairs:
+            diffs = [int(x) - int(y) for x, y in zip(a, b)]
+            mean = sum(diffs) / len(diffs)
+            var += sum((d - mean) ** 2 for d in diffs) / (len(diffs) - 1) / len(diffs)
+        return math.sqrt(var) / len(pairs), "paired"
+    total = 0.0
+    for points in (tell, best):
+        scored = [(p, n) for p, n in zip(points["score"], points["n"]) if p is not None and n]
+        if len(scored) != len(points["score"]):
+            return None, "unknown"  # a run without its test-row count (older results)
+        total += sum(p * (1 - p) / n for p, n in scored) / len(scored) ** 2
+    return math.sqrt(total), "binomial"
+
+
 def goal(runs: list[dict]) -> str:
-    lines = ["| task | rows | sft_best score | TELL (defaults) score | gap | TELL Δ loss | sft_best Δ loss | goal |",
-             "|---|---:|---|---|---:|---:|---:|---|"]
+    lines = ["| task | rows | sft_best score | TELL (defaults) score | gap | gap's test noise (1 SE) | TELL Δ loss | "
+             "sft_best Δ loss | goal |", "|---|---:|---|---|---:|---|---:|---:|---|"]
     for (task, rows), cell in sorted(points(runs).items()):
         best, tell = cell.get("sft_best"), cell.get("TELL (defaults)")
         if not best or not tell:
             lines.append(f"| {task} | {rows} | {_fmt(*_ms(best['score'])) if best else '–'} | "
-                         f"{_fmt(*_ms(tell['score'])) if tell else '–'} | – | – | – | not measured |")
+                         f"{_fmt(*_ms(tell['score'])) if tell else '–'} | – | – | – | – | not measured |")
             continue
         bs, ts = _ms(best["score"])[0], _ms(tell["score"])[0]
         bd, td = _ms(best["delta"])[0], _ms(tell["delta"])[0]
         gap = ts - bs
-        parts = ["task " + ("met" if gap >= -SCORE_TOLERANCE else f"missed ({gap:+.3f})"),
+        se, how = gap_noise(tell, best)
+        verdict = "met" if gap >= -SCORE_TOLERANCE else f"missed ({gap:+.3f})"
+        if gap < -SCORE_TOLERANCE and se is not None and -gap <= 2 * se:
+            verdict += ", inside 2 SE of the test set's noise"
+        parts = ["task " + verdict,
                  "TELL keeps general " + ("yes" if td <= LOSS_TOLERANCE else f"no (+{td:.3f})"),
                  "sft_best forgets " + ("yes" if bd > LOSS_TOLERANCE else f"no ({bd:+.3f})")]
         seeds = min(len(best["score"]), len(tell["score"]))
+        noise = "–" if se is None else f"{se:.3f} ({how})"
+        few = "" if seeds >= 3 else f" ({seeds} seed(s) only)"
         lines.append(f"| {task} | {rows} | {_fmt(*_ms(best['score']))} | {_fmt(*_ms(tell['score']))} | {gap:+.3f} | "
-                     f"{td:+.3f} | {bd:+.3f} | {'; '.join(parts)}{'' if seeds >= 3 else f' ({seeds} seed(s) only)'} |")
+                     f"{noise} | {td:+.3f} | {bd:+.3f} | {'; '.join(parts)}{few} |")
     return "\n".join(lines)
 
 

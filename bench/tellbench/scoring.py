@@ -68,6 +68,9 @@ def task_eval(model, tokenizer, prompts: list[list[int]], references: list[str],
     predictions = generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size)
     result = score(metric, predictions, references)
     result["metric"] = metric
+    # each test row's hit, "1"/"0" in test order: two runs on the same rows can then be compared row by row
+    result["row_hits"] = "".join("1" if score(metric, [p], [r])["score"] >= 1.0 else "0"
+                                 for p, r in zip(predictions, references))
     result["examples"] = [{"prediction": p, "reference": r}
                           for p, r in list(zip(predictions, references))[:keep_predictions]]
     return result
