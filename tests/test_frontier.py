@@ -57,7 +57,8 @@ def test_gap_noise_pairs_rows_where_both_sides_kept_them():
     assert paired == pytest.approx((sum(d * d for d in diffs) / 99) ** 0.5 / 10)
     unpaired, how = gap_noise({**tell, "hits": [None]}, best)
     assert how == "binomial"
-    assert unpaired == pytest.approx((0.6 * 0.4 / 100 + 0.6 * 0.4 / 100) ** 0.5)
+    p = 61 / 102  # (60 + 1) / (100 + 2)
+    assert unpaired == pytest.approx((2 * p * (1 - p) / 100) ** 0.5)
     assert paired < unpaired / 2
 
 
@@ -66,6 +67,9 @@ def test_gap_noise_needs_the_same_seeds_on_both_sides_to_pair():
     best = point({0: "1" * 60 + "0" * 40})
     assert gap_noise(tell, best)[1] == "binomial"
     assert gap_noise({**tell, "n": [100, None]}, best) == (None, "unknown")
+    # a perfect score still has sampling error
+    perfect = point({0: "1" * 100})
+    assert gap_noise({**perfect, "hits": [None]}, perfect)[0] > 0.01
 
 
 def run(task, method, seed, score, loss, hits=None, **extra):

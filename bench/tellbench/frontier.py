@@ -141,12 +141,17 @@ def table(runs: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def _smoothed(score: float, n: int) -> float:
+    return (score * n + 1) / (n + 2)
+
+
 def gap_noise(tell: dict, best: dict) -> tuple[float | None, str]:
     """The test set's sampling error (1 SE) of the gap between two points' mean scores, and how it was computed.
 
     Both score the same test rows, so where both kept each row's hit (``row_hits``) for the same seeds the gap is
     paired row by row ("paired"): rows both get right or both get wrong add no noise. Otherwise each mean is treated
-    as an independent binomial estimate ("binomial"), which overstates the noise when the two agree on most rows.
+    as an independent binomial estimate ("binomial", Agresti-Caffo smoothed), which overstates the noise when the
+    two agree on most rows.
     Seed-to-seed spread is not in it: that is the ± of the scores.
     """
     hits_t, hits_b = (dict(zip(p["seed"], p["hits"])) for p in (tell, best))
@@ -164,7 +169,8 @@ def gap_noise(tell: dict, best: dict) -> tuple[float | None, str]:
         scored = [(p, n) for p, n in zip(points["score"], points["n"]) if p is not None and n]
         if len(scored) != len(points["score"]):
             return None, "unknown"  # a run without its test-row count (older results)
-        total += sum(p * (1 - p) / n for p, n in scored) / len(scored) ** 2
+        # (hits + 1) / (n + 2): a score of 0 or 1 still has sampling error (Agresti-Caffo)
+        total += sum(_smoothed(p, n) * (1 - _smoothed(p, n)) / n for p, n in scored) / len(scored) ** 2
     return math.sqrt(total), "binomial"
 
 
