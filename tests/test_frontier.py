@@ -86,3 +86,15 @@ def test_goal_says_when_a_miss_is_inside_the_test_sets_noise():
     assert "missed (-0.030), inside 2 SE" in line and "(paired)" in line
     line = goal([base, tell, far]).splitlines()[-1]
     assert "missed (-0.300)" in line and "inside" not in line
+
+
+def test_gap_noise_pairs_the_seeds_that_kept_row_hits_and_counts_the_rest_as_binomial():
+    a, b = "1" * 60 + "0" * 40, "1" * 55 + "0" * 5 + "1" * 5 + "0" * 35
+    tell = point({0: a, 1: a})
+    best = point({0: b, 1: b})
+    tell["hits"][0] = None  # seed 0 recorded before row_hits existed
+    se, how = gap_noise(tell, best)
+    assert how == "paired on 1 of 2 seeds"
+    paired_var = (10 / 99) / 100
+    p = 61 / 102
+    assert se == pytest.approx(((paired_var + 2 * p * (1 - p) / 100) ** 0.5) / 2)

@@ -148,30 +148,43 @@ def _smoothed(score: float, n: int) -> float:
 def gap_noise(tell: dict, best: dict) -> tuple[float | None, str]:
     """The test set's sampling error (1 SE) of the gap between two points' mean scores, and how it was computed.
 
-    Both score the same test rows, so where both kept each row's hit (``row_hits``) for the same seeds the gap is
-    paired row by row ("paired"): rows both get right or both get wrong add no noise. Otherwise each mean is treated
-    as an independent binomial estimate ("binomial", Agresti-Caffo smoothed), which overstates the noise when the
-    two agree on most rows.
-    Seed-to-seed spread is not in it: that is the ± of the scores.
+    Both score the same test rows, so a seed where both runs kept each row's hit (``row_hits``) is paired row by
+    row: rows both get right or both get wrong add no noise. Any other run counts as an independent binomial
+    estimate (Agresti-Caffo smoothed), which overstates the noise when the two agree on most rows. Pairing needs
+    the same seeds on both sides (else every run is binomial). Seed-to-seed spread is not in it: that is the ± of
+    the scores.
     """
-    hits_t, hits_b = (dict(zip(p["seed"], p["hits"])) for p in (tell, best))
-    pairs = [(hits_t[s], hits_b[s]) for s in hits_t if s in hits_b and hits_t[s] and hits_b[s]
-             and len(hits_t[s]) == len(hits_b[s])]
-    if pairs and len(pairs) == len(tell["seed"]) == len(best["seed"]):  # the same seeds on both sides, all kept
-        var = 0.0
-        for a, b in pairs:
-            diffs = [int(x) - int(y) for x, y in zip(a, b)]
+    def binomial(score, n):
+        p = _smoothed(score, n)
+        return p * (1 - p) / n
+
+    same_seeds = (sorted(tell["seed"], key=str) == sorted(best["seed"], key=str)
+                  and len(set(tell["seed"])) == len(tell["seed"]))
+    if not same_seeds:
+        total = 0.0
+        for points in (tell, best):
+            if any(score is None or not n for score, n in zip(points["score"], points["n"])):
+                return None, "unknown"  # a run without its test-row count (older results)
+            total += sum(binomial(score, n) for score, n in zip(points["score"], points["n"])) / len(points["n"]) ** 2
+        return math.sqrt(total), "binomial"
+    t_by_seed, b_by_seed = (dict(zip(p["seed"], zip(p["score"], p["n"], p["hits"]))) for p in (tell, best))
+    var = 0.0
+    paired = 0
+    for seed, (t_score, t_n, t_hits) in t_by_seed.items():
+        b_score, b_n, b_hits = b_by_seed[seed]
+        if t_hits and b_hits and len(t_hits) == len(b_hits):
+            diffs = [int(x) - int(y) for x, y in zip(t_hits, b_hits)]
             mean = sum(diffs) / len(diffs)
             var += sum((d - mean) ** 2 for d in diffs) / (len(diffs) - 1) / len(diffs)
-        return math.sqrt(var) / len(pairs), "paired"
-    total = 0.0
-    for points in (tell, best):
-        scored = [(p, n) for p, n in zip(points["score"], points["n"]) if p is not None and n]
-        if len(scored) != len(points["score"]):
-            return None, "unknown"  # a run without its test-row count (older results)
-        # (hits + 1) / (n + 2): a score of 0 or 1 still has sampling error (Agresti-Caffo)
-        total += sum(_smoothed(p, n) * (1 - _smoothed(p, n)) / n for p, n in scored) / len(scored) ** 2
-    return math.sqrt(total), "binomial"
+            paired += 1
+        elif None in (t_score, b_score) or not t_n or not b_n:
+            return None, "unknown"
+        else:
+            var += binomial(t_score, t_n) + binomial(b_score, b_n)
+    se = math.sqrt(var) / len(t_by_seed)
+    seeds = len(t_by_seed)
+    how = "binomial" if not paired else "paired" if paired == seeds else f"paired on {paired} of {seeds} seeds"
+    return se, how
 
 
 def goal(runs: list[dict]) -> str:
