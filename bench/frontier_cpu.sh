@@ -25,6 +25,7 @@ step_os_seeds()  { local os=(--tasks opinion_sentiment)                # opinion
                    bench --sizes 10 --seeds 1 "${os[@]}" --methods tell --ratios 10 --variants -
                    bench --sizes 30 --seeds 1 "${os[@]}" --methods tell --ratios 3 --variants w10  # weight 10
                    bench --sizes 10 --seeds 2 "${os[@]}" --methods tell --ratios 3 --variants eq
+                   bench --sizes 10 --seeds 0 --methods tell --ratios 3 --variants w10     # weight 10, 10 rows
                    bench --sizes 10 --seeds 2 "${os[@]}" --methods zero_shot sft_best; }
 step_seeds()     { for s in 1 2; do                                    # defaults and sft_best on seeds 1 and 2
                      bench --sizes 10 --seeds $s --methods tell --ratios 3 --variants eq

@@ -98,3 +98,18 @@ def test_gap_noise_pairs_the_seeds_that_kept_row_hits_and_counts_the_rest_as_bin
     paired_var = (10 / 99) / 100
     p = 61 / 102
     assert se == pytest.approx(((paired_var + 2 * p * (1 - p) / 100) ** 0.5) / 2)
+
+
+def test_report_table_keeps_tell_runs_of_different_repeats_apart():
+    from tellbench.report import table
+
+    def tell(seed, repeats, score):
+        return {"task": "t", "task_rows": 30, "method": "tell", "task_repeats_requested": "auto", "general_ratio": 3.0,
+                "variant": "eq", "seed": seed, "task_repeats": repeats, "score": score, "general_loss": 1.6,
+                "metric": "accuracy", "steps": 10, "train_tokens": 100, "wall_s": 1.0}
+
+    lines = [line for line in table([tell(0, 7, 0.56), tell(1, 20, 0.68), tell(2, 20, 0.70)]).splitlines()
+             if line.startswith("| t |")]
+    assert len(lines) == 2
+    assert "auto → 7 " in lines[0] and "0.560" in lines[0] and lines[0].endswith("| 1 |")
+    assert "auto → 20 " in lines[1] and "0.690" in lines[1] and lines[1].endswith("| 2 |")

@@ -46,7 +46,15 @@ def table(runs: list[dict]) -> str:
     lines = ["| task | rows | method | repeats (req → used) | ratio | score (metric) | held-out general loss | "
              "general answers ok | steps | train tokens | train s | seeds |",
              "|---|---:|---|---|---:|---|---:|---:|---:|---:|---:|---:|"]
-    for key, rs in sorted(groups(runs).items(), key=lambda kv: _sort_key(kv[0])):
+    rows_out = []
+    for key, group in sorted(groups(runs).items(), key=lambda kv: _sort_key(kv[0])):
+        # a TELL run's repeats are its plan: runs that asked for `auto` under an earlier rule trained with other
+        # repeats and are another configuration, so they get their own line (sft_best's differ by chosen epoch)
+        by_used = defaultdict(list)
+        for run in group:
+            by_used[run.get("task_repeats") if str(run["method"]).startswith("tell") else None].append(run)
+        rows_out += [(key, rs) for _, rs in sorted(by_used.items(), key=lambda kv: kv[0] or 0)]
+    for key, rs in rows_out:
         task, rows, method, repeats, ratio, variant = key
         method = f"{method} ({variant})" if variant else method
         score = _mean_sd([r["score"] for r in rs])
