@@ -23,7 +23,7 @@ step_os_seeds()  { local os=(--tasks opinion_sentiment)                # opinion
                    bench --sizes 30 --seeds 1 "${os[@]}" --methods tell --ratios 3 --variants eq
                    bench --sizes 30 --seeds 1 "${os[@]}" --methods zero_shot sft_best
                    bench --sizes 10 --seeds 1 "${os[@]}" --methods tell --ratios 10 --variants -
-                   bench --sizes 30 --seeds 1 "${os[@]}" --methods tell --ratios 3 --variants w10  # weight 10
+                   bench --sizes 30 --seeds 0 1 "${os[@]}" --methods tell --ratios 3 --variants w10  # weight 10
                    bench --sizes 10 --seeds 2 "${os[@]}" --methods tell --ratios 3 --variants eq
                    bench --sizes 10 --seeds 0 --methods tell --ratios 3 --variants w10     # weight 10, 10 rows
                    bench --sizes 10 --seeds 2 "${os[@]}" --methods zero_shot sft_best; }

@@ -235,13 +235,15 @@ def plot(runs: list[dict], path: Path) -> Path | None:
             for lab, x, y in zip(sft, xs, ys):
                 ax.annotate(lab.split()[1], (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
         markers = {"sft_best": ("s", "tab:red"), "zero_shot": ("x", "black"), "TELL (defaults)": ("*", "tab:green")}
+        # lever points get colours sft_best (red), the defaults (green) and zero_shot (black) do not use
+        palette = iter(["tab:blue", "tab:orange", "tab:purple", "tab:brown", "tab:pink", "tab:olive", "tab:cyan"] * 3)
         for label in sorted(cell, key=_order):
             if label.startswith("SFT "):
                 continue
             p = cell[label]
             mx, sx, _ = _ms(p["delta"])
             my, sy, _ = _ms(p["score"])
-            marker, color = markers.get(label, ("o", None))
+            marker, color = markers.get(label) or ("o", next(palette))
             ax.errorbar([mx], [my], xerr=[sx], yerr=[sy], fmt=marker, color=color, capsize=3, label=label,
                         markersize=11 if label == "TELL (defaults)" else 7,
                         mfc="none" if label == "TELL (defaults)" else None)
