@@ -30,32 +30,28 @@ def _gen_ok(run):
 
 
 def groups(runs: list[dict]) -> dict:
+    """Runs of one configuration: the ``GROUP`` keys, plus the repeats a TELL run trained with (its plan: runs that
+    asked for `auto` under an earlier rule trained with other repeats; sft_best's differ by chosen epoch)."""
     out = defaultdict(list)
     for run in runs:
-        out[tuple(run.get(k) for k in GROUP)].append(run)
+        used = run.get("task_repeats") if str(run["method"]).startswith("tell") else None
+        out[(*(run.get(k) for k in GROUP), used)].append(run)
     return out
 
 
 def _sort_key(key):
-    task, rows, method, repeats, ratio, variant = key
+    task, rows, method, repeats, ratio, variant, used = key
     repeats = -1 if repeats == "auto" else int(repeats)
-    return (task, rows, repeats, ratio or 0, METHODS.index(method) if method in METHODS else 99, variant or "")
+    return (task, rows, repeats, ratio or 0, METHODS.index(method) if method in METHODS else 99, variant or "",
+            used or 0)
 
 
 def table(runs: list[dict]) -> str:
     lines = ["| task | rows | method | repeats (req → used) | ratio | score (metric) | held-out general loss | "
              "general answers ok | steps | train tokens | train s | seeds |",
              "|---|---:|---|---|---:|---|---:|---:|---:|---:|---:|---:|"]
-    rows_out = []
-    for key, group in sorted(groups(runs).items(), key=lambda kv: _sort_key(kv[0])):
-        # a TELL run's repeats are its plan: runs that asked for `auto` under an earlier rule trained with other
-        # repeats and are another configuration, so they get their own line (sft_best's differ by chosen epoch)
-        by_used = defaultdict(list)
-        for run in group:
-            by_used[run.get("task_repeats") if str(run["method"]).startswith("tell") else None].append(run)
-        rows_out += [(key, rs) for _, rs in sorted(by_used.items(), key=lambda kv: kv[0] or 0)]
-    for key, rs in rows_out:
-        task, rows, method, repeats, ratio, variant = key
+    for key, rs in sorted(groups(runs).items(), key=lambda kv: _sort_key(kv[0])):
+        task, rows, method, repeats, ratio, variant, _ = key
         method = f"{method} ({variant})" if variant else method
         score = _mean_sd([r["score"] for r in rs])
         loss = _mean_sd([r["general_loss"] for r in rs])
