@@ -329,21 +329,10 @@ class Bench:
         model, tok = scoring.load(self.model, adapter if adapter and (adapter / "adapter_config.json").is_file()
                                   else None, self.device)
         anchored = cell.method in ANCHORED_METHODS
-        if cell.method in TELL_METHODS:  # the anchor and template the run trained with, from its tell.json
-            from axolotl_tell.prompting import load_spec
-
-            prompt_spec = load_spec(adapter)
-        else:
-            prompt_spec = scoring.anchored_spec(spec["anchor"], self.settings(cell).get("chat_template",
-                                                                                      "tokenizer_default"))
-
-        def prompts_for(rows):
-            msgs = [data.task_message_row(spec, r) for r in rows]
-            if anchored:
-                return scoring.anchored_prompts(prompt_spec, tok, msgs)
-            return scoring.plain_prompts(tok, msgs, prompt_spec["chat_template"])
-
+        prompts_for = self.prompter(cell, spec, adapter, tok)
         out = {"prompt": "anchored" if anchored else "plain"}
+        if cell.method in TELL_METHODS:
+            out.update(self.val_eval(model, tok, spec, td, prompts_for, max_new))
         if cell.method == "sft_best":
             out.update(self.pick_epoch(cell, spec, td, d, prompts_for, max_new))
             if out.get("chosen_checkpoint"):
@@ -364,6 +353,46 @@ class Bench:
         if cache is not None:
             cache.parent.mkdir(parents=True, exist_ok=True)
             cache.write_text(json.dumps(out))
+        return out
+
+    def prompter(self, cell: Cell, spec: dict, adapter: Path | None, tok):
+        """rows -> token prompts exactly as the method trained: anchored (TELL: its tell.json's anchor and
+        template) or the plain chat template."""
+        if cell.method in TELL_METHODS:  # the anchor and template the run trained with, from its tell.json
+            from axolotl_tell.prompting import load_spec
+
+            prompt_spec = load_spec(adapter)
+        else:
+            prompt_spec = scoring.anchored_spec(spec["anchor"], self.settings(cell).get("chat_template",
+                                                                                      "tokenizer_default"))
+
+        def prompts_for(rows):
+            msgs = [data.task_message_row(spec, r) for r in rows]
+            if cell.method in ANCHORED_METHODS:
+                return scoring.anchored_prompts(prompt_spec, tok, msgs)
+            return scoring.plain_prompts(tok, msgs, prompt_spec["chat_template"])
+
+        return prompts_for
+
+    def val_eval(self, model, tok, spec: dict, td: data.TaskData, prompts_for, max_new: int) -> dict:
+        """A TELL run's score on the validation rows: a lever's default is chosen on these, as `sft_best`'s
+        epoch is, never on the test rows it is reported on."""
+        if not td.val:
+            return {}
+        refs = [data.task_reference(spec, r) for r in td.val]
+        val = scoring.task_eval(model, tok, prompts_for(td.val), refs, spec["metric"], max_new, self.batch)
+        return {"val_score": val["score"], "val_rows": len(td.val), "val_row_hits": val["row_hits"]}
+
+    def rescore_val(self, cell: Cell) -> dict | None:
+        """``val_eval`` for a TELL run recorded before runs kept it, from its adapter on disk (None: no adapter)."""
+        adapter = self.cell_dir(cell) / "out"
+        if not (adapter / "adapter_config.json").is_file():
+            return None
+        spec, td = self.task_data(cell)
+        max_new = int(cell.overrides.get("max_new_tokens") or spec["max_new_tokens"])
+        model, tok = scoring.load(self.model, adapter, self.device)
+        out = self.val_eval(model, tok, spec, td, self.prompter(cell, spec, adapter, tok), max_new)
+        del model
         return out
 
     def pick_epoch(self, cell, spec, td, d: Path, prompts_for, max_new) -> dict:
@@ -423,6 +452,8 @@ def parse_args(argv=None):
     ap.add_argument("--launcher", default="python", help="`axolotl train --launcher` (python | accelerate)")
     ap.add_argument("--keep-checkpoints", action="store_true", help="keep sft_best's per-epoch adapters")
     ap.add_argument("--report-only", action="store_true", help="only rewrite the table and plots")
+    ap.add_argument("--rescore-val", action="store_true",
+                    help="score the validation rows of recorded TELL runs that lack `val_score` (adapters on disk)")
     args = ap.parse_args(argv)
     if args.work is None:
         args.work = str(BENCH / "work" / args.grid)
@@ -435,6 +466,30 @@ def select(cells: list[Cell], args) -> list[Cell]:
             and (not args.methods or c.method in args.methods) and (not args.sizes or c.task_rows in args.sizes)
             and (not args.ratios or c.general_ratio in args.ratios)
             and (not args.variants or (c.variant or "-") in args.variants)]
+
+
+def rescore_val(args, out: Path, cells: list[Cell], results: dict) -> int:
+    """Add `val_score` to recorded TELL runs of the selected cells that lack it; each run is saved at once."""
+    recorded = {r["key"]: r for r in results["runs"]}
+    todo = [c for c in cells if c.method in TELL_METHODS and c.key in recorded
+            and "val_score" not in recorded[c.key]]
+    print(f"[bench] --rescore-val: {len(todo)} recorded TELL run(s) without a validation score", flush=True)
+    bench, missing = (Bench(args) if todo else None), []
+    for cell in todo:
+        val = bench.rescore_val(cell)
+        if val is None:
+            missing.append(cell.key)
+            continue
+        results = load_results(out)  # another writer may have added runs; never drop them
+        for r in results["runs"]:
+            if r["key"] == cell.key:
+                r.update(val)
+        save_results(out, results)
+        print(f"[bench]   {cell.key}: val {val.get('val_score')} ({val.get('val_rows')} rows)", flush=True)
+    if missing:
+        print(f"[bench] no adapter on disk for {len(missing)} run(s): {missing}", file=sys.stderr)
+    print(report.write(out))
+    return 1 if missing else 0
 
 
 def main(argv=None) -> int:
@@ -450,6 +505,8 @@ def main(argv=None) -> int:
     datasets.disable_progress_bars()
     cells = select(expand(args.grid, load_grids(args.grids)), args)
     results = load_results(out)
+    if args.rescore_val:
+        return rescore_val(args, out, cells, results)
     done = {r["key"] for r in results["runs"]}
     todo = [c for c in cells if c.key not in done]
     print(f"[bench] grid {args.grid}: {len(cells)} cells, {len(cells) - len(todo)} already in {out}, "

@@ -73,6 +73,22 @@ def test_smoke_grid_writes_results_and_resumes(tiny_model, tmp_path):
     again = bench(*args)  # resumable: every cell is already in the results file
     assert "0 to run" in again.stdout
     assert json.loads(out.read_text())["runs"] == all_runs
+
+    # TELL runs score the validation rows too (a lever's default is chosen on them, not on the test rows);
+    # --rescore-val adds that score to a run recorded without it, from the adapter on disk, identically
+    tells = [r for r in all_runs if r["method"] == "tell"]
+    for run in tells:
+        assert run["val_rows"] == 4 and len(run["val_row_hits"]) == 4
+        assert run["val_row_hits"].count("1") == round(run["val_score"] * 4)
+    stripped = json.loads(out.read_text())
+    for run in stripped["runs"]:
+        if run["method"] == "tell":
+            for key in ("val_score", "val_rows", "val_row_hits"):
+                del run[key]
+    out.write_text(json.dumps(stripped))
+    rescored = bench(*args, "--rescore-val")
+    assert f"{len(tells)} recorded TELL run(s) without a validation score" in rescored.stdout
+    assert json.loads(out.read_text())["runs"] == all_runs
     print(f"smoke grid: {first:.0f}s for {len(all_runs)} cells")
 
 

@@ -113,3 +113,40 @@ def test_report_table_keeps_tell_runs_of_different_repeats_apart():
     assert len(lines) == 2
     assert "auto → 7 " in lines[0] and "0.560" in lines[0] and lines[0].endswith("| 1 |")
     assert "auto → 20 " in lines[1] and "0.690" in lines[1] and lines[1].endswith("| 2 |")
+
+
+def weighted(task, rows, seed, weight, val, score, loss, **extra) -> dict:
+    run = {**tell_run(rows, 20, weight=weight), "task": task, "seed": seed, "score": score, "general_loss": loss}
+    if val is not None:
+        run["val_score"] = val
+    return {**run, **extra}
+
+
+def test_weight_choice_pairs_each_weight_with_the_default_on_validation_rows():
+    from tellbench.frontier import weight_choice
+
+    base = {"method": "zero_shot", "task": "qf", "task_rows": 10, "seed": 0, "score": 0.0, "general_loss": 1.6}
+    runs = [base,
+            weighted("qf", 10, 0, 3.0, 0.80, 0.90, 1.5), weighted("qf", 10, 0, 10.0, 0.90, 0.92, 1.55),
+            weighted("qf", 10, 1, 3.0, 0.70, 0.80, 1.5), weighted("qf", 10, 1, 10.0, 0.60, 0.86, 1.61),
+            # no validation score on one side: not paired
+            weighted("qf", 30, 0, 3.0, None, 1.0, 1.5), weighted("qf", 30, 0, 10.0, 1.0, 1.0, 1.5),
+            # another lever as well: not a weight-only comparison
+            weighted("qf", 10, 2, 3.0, 0.5, 0.5, 1.5),
+            {**weighted("qf", 10, 2, 10.0, 0.9, 0.9, 1.5), "general_ratio": 10.0}]
+    text = weight_choice(runs)
+    row = [line for line in text.splitlines() if line.startswith("| 10 |")]
+    assert len(row) == 1, text
+    cells = [c.strip() for c in row[0].split("|")[1:-1]]
+    assert cells[1] == "2"  # seeds 0 and 1 of qf/10 only
+    assert cells[2].startswith("+0.000 ")  # +0.10 and -0.10
+    assert "QF10/s0 +0.10" in cells[2] and "QF10/s1 -0.10" in cells[2]
+    assert cells[3] == "+0.040"
+    assert cells[4] == "+0.010"  # the worst weight-10 run: 1.61 vs the base 1.6
+
+
+def test_weight_choice_is_empty_without_validation_scores():
+    from tellbench.frontier import weight_choice
+
+    assert weight_choice([weighted("qf", 10, 0, 3.0, None, 0.9, 1.5),
+                          weighted("qf", 10, 0, 10.0, None, 0.9, 1.5)]) == ""

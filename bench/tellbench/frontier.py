@@ -214,6 +214,43 @@ def goal(runs: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def weight_runs(runs: list[dict]) -> dict:
+    """{(task, rows, seed): {weight: run}} for TELL runs that differ from the defaults in the loss weight alone."""
+    want = plugin_defaults()
+    out = defaultdict(dict)
+    for r in runs:
+        if r.get("method") != "tell" or r.get("precision") == "fp32":
+            continue
+        levers = {k for k in (r.get("tell_keys") or {}) if k not in BENCH_TELL_KEYS}
+        if (float(r["general_ratio"]) == want["tell_general_ratio"] and r.get("task_repeats") is not None
+                and int(r["task_repeats"]) == default_repeats(r) and levers <= {"tell_task_loss_weight"}):
+            out[(r["task"], r["task_rows"], r["seed"])][loss_weight(r)] = r
+    return out
+
+
+def weight_choice(runs: list[dict]) -> str:
+    """Each task loss weight against the current default on the same (task, rows, seed): validation gain (what a
+    default is chosen on), test gain and general loss. Empty when no weight but the default has validation scores."""
+    by_seed = weight_runs(runs)
+    default = plugin_defaults()["tell_task_loss_weight"]
+    base = {r["task"]: r["general_loss"] for r in runs if r["method"] == "zero_shot" and r.get("general_loss")}
+    weights = sorted({w for runs_ in by_seed.values() for w in runs_} - {default})
+    lines = [f"| weight vs {default:g} | paired runs (task, rows, seed) | validation gain (mean, per run) | "
+             "test gain (mean) | Δ general, worst run |", "|---:|---|---|---:|---:|"]
+    for w in weights:
+        pairs = [(key, rs[w], rs[default]) for key, rs in sorted(by_seed.items())
+                 if w in rs and default in rs and "val_score" in rs[w] and "val_score" in rs[default]]
+        if not pairs:
+            continue
+        val = [a["val_score"] - b["val_score"] for _, a, b in pairs]
+        test = [a["score"] - b["score"] for _, a, b in pairs]
+        worst = max((a["general_loss"] - base[a["task"]] for _, a, _ in pairs if a["task"] in base), default=None)
+        each = ", ".join(f"{t[:2].upper()}{n}/s{s} {v:+.2f}" for ((t, n, s), _, _), v in zip(pairs, val))
+        lines.append(f"| {w:g} | {len(pairs)} | {statistics.mean(val):+.3f} ({each}) | {statistics.mean(test):+.3f} | "
+                     + ("–" if worst is None else f"{worst:+.3f}") + " |")
+    return "\n".join(lines) if len(lines) > 2 else ""
+
+
 def plot(runs: list[dict], path: Path) -> Path | None:
     cells = points(runs)
     if not cells:
