@@ -27,6 +27,15 @@ step_os_seeds()  { local os=(--tasks opinion_sentiment)                # opinion
                    bench --sizes 10 --seeds 2 "${os[@]}" --methods tell --ratios 3 --variants eq
                    bench --sizes 10 --seeds 0 --methods tell --ratios 3 --variants w10     # weight 10, 10 rows
                    bench --sizes 10 --seeds 2 "${os[@]}" --methods zero_shot sft_best; }
+step_val()       { bench --rescore-val --ratios 3 --variants - eq w10 r20; }  # validation scores of runs made before
+step_w10_seeds() { local qf=(--tasks question_formation) os=(--tasks opinion_sentiment)  # weight 10 vs 3, more seeds
+                   bench --sizes 10 --seeds 1 "${qf[@]}" --methods tell --ratios 3 --variants w10
+                   bench --sizes 10 --seeds 1 "${os[@]}" --methods tell --ratios 3 --variants w10
+                   bench --sizes 30 --seeds 0 "${qf[@]}" --methods tell --ratios 3 --variants w10
+                   bench --sizes 30 --seeds 2 "${os[@]}" --methods tell --ratios 3 --variants w10
+                   bench --sizes 30 --seeds 2 "${os[@]}" --methods zero_shot sft_best
+                   bench --sizes 30 --seeds 2 "${os[@]}" --methods tell --ratios 3 --variants eq
+                   bench --sizes 10 --seeds 2 --methods tell --ratios 3 --variants w10; }
 step_seeds()     { for s in 1 2; do                                    # defaults and sft_best on seeds 1 and 2
                      bench --sizes 10 --seeds $s --methods tell --ratios 3 --variants eq
                      bench --sizes 10 --seeds $s --methods zero_shot sft_best; done; }
@@ -34,6 +43,6 @@ step_qf10()      { bench --sizes 10 --seeds 0 --methods tell --tasks question_fo
 step_ratio50()   { bench --sizes 10 --ratios 50; }                           # 270-620 steps a run: ~1 h each here
 # Wait for a bench already running (one torch job at a time), then go on.
 while pgrep -f "bench/run.py --grid frontier_cpu" > /dev/null; do sleep 20; done
-steps=("$@"); [ ${#steps[@]} -eq 0 ] && steps=(precision sft eq3 os10 rows30 repeats os_seeds seeds qf10 ratio50)
+steps=("$@"); [ ${#steps[@]} -eq 0 ] && steps=(precision sft eq3 os10 rows30 repeats os_seeds val w10_seeds seeds qf10 ratio50)
 for s in "${steps[@]}"; do echo "[frontier] step $s $(date -u +%H:%M:%S)"; "step_$s"; done
 echo "[frontier] done $(date -u +%H:%M:%S)"

@@ -6,11 +6,14 @@ usage:
                       [--tasks T ...] [--methods M ...] [--max-cells N] [--time-budget SECONDS]
                       [--shared-data DIR] [--work DIR] [--launcher python|accelerate]
   python bench/run.py --report-only --out bench/results/<name>.json     # table + plots again
+  python bench/run.py --grid G --out bench/results/<name>.json --rescore-val [filters]
+                      # validation scores for TELL runs recorded without them (from their adapters on disk)
 
 For each cell (task, method, task_rows, seed, task_repeats, general_ratio) of the grid (``bench/grids.yaml``):
 write the task subset and the general data as chat JSONL, generate the method's Axolotl YAML, run
 ``axolotl train`` on it (a subprocess), score the adapter (task metric from training-exact prompts, held-out
-general loss, generation check on general prompts) and append the run to the results JSON at once. Cells
+general loss, generation check on general prompts; TELL runs also on the validation rows, which levers' defaults
+are chosen on) and append the run to the results JSON at once. Cells
 already in the results file are skipped: re-running the same command resumes. Then it writes
 ``<name>.md`` (table) and ``<name>_*.png`` (plots) next to the results.
 """
