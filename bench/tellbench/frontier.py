@@ -228,6 +228,11 @@ def weight_runs(runs: list[dict]) -> dict:
     return out
 
 
+def _initials(task: str) -> str:
+    """question_formation -> QF: short enough for one table cell per paired run."""
+    return "".join(word[:1] for word in task.split("_")).upper()
+
+
 def weight_choice(runs: list[dict]) -> str:
     """Each task loss weight against the current default on the same (task, rows, seed): validation gain (what a
     default is chosen on), test gain and general loss. Empty when no weight but the default has validation scores."""
@@ -245,7 +250,7 @@ def weight_choice(runs: list[dict]) -> str:
         val = [a["val_score"] - b["val_score"] for _, a, b in pairs]
         test = [a["score"] - b["score"] for _, a, b in pairs]
         worst = max((a["general_loss"] - base[a["task"]] for _, a, _ in pairs if a["task"] in base), default=None)
-        each = ", ".join(f"{t[:2].upper()}{n}/s{s} {v:+.2f}" for ((t, n, s), _, _), v in zip(pairs, val))
+        each = ", ".join(f"{_initials(t)}{n}/s{s} {v:+.2f}" for ((t, n, s), _, _), v in zip(pairs, val))
         lines.append(f"| {w:g} | {len(pairs)} | {statistics.mean(val):+.3f} ({each}) | {statistics.mean(test):+.3f} | "
                      + ("–" if worst is None else f"{worst:+.3f}") + " |")
     return "\n".join(lines) if len(lines) > 2 else ""
