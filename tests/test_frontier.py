@@ -11,6 +11,27 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
 from tellbench.frontier import gap_noise, goal, is_default_tell, tell_label  # noqa: E402
 
 
+@pytest.fixture(autouse=True)
+def defaults_at_ratio_3_weight_3(monkeypatch):
+    """The reading is judged against the plugin's defaults (read from axolotl_tell at run time); these tests pin
+    them so they test the reading, not today's default values."""
+    import tellbench.frontier as frontier
+
+    monkeypatch.setattr(frontier, "plugin_defaults", lambda: {
+        "tell_general_ratio": 3.0, "tell_task_repeats": "auto", "tell_task_loss_weight": 3.0})
+
+
+def test_the_reading_follows_the_plugins_defaults(monkeypatch):
+    import tellbench.frontier as frontier
+
+    monkeypatch.undo()
+    from axolotl_tell.args import DEFAULT_GENERAL_RATIO, DEFAULT_TASK_LOSS_WEIGHT
+
+    run = tell_run(10, 20, ratio=float(DEFAULT_GENERAL_RATIO), weight=float(DEFAULT_TASK_LOSS_WEIGHT))
+    assert frontier.is_default_tell(run)
+    assert not frontier.is_default_tell({**run, "task_loss_weight": DEFAULT_TASK_LOSS_WEIGHT + 1})
+
+
 def tell_run(rows: int, repeats: int, requested="auto", ratio=3.0, weight=3.0, precision="bf16") -> dict:
     keys = {"tell_general_ratio": ratio, "tell_task_repeats": requested, "tell_task_loss_weight": weight}
     return {"method": "tell", "task_rows": rows, "general_ratio": ratio, "task_repeats_requested": requested,
@@ -141,8 +162,21 @@ def test_weight_choice_pairs_each_weight_with_the_default_on_validation_rows():
     assert cells[1] == "2"  # seeds 0 and 1 of qf/10 only
     assert cells[2].startswith("+0.000 ")  # +0.10 and -0.10
     assert "QF10/s0 +0.10" in cells[2] and "QF10/s1 -0.10" in cells[2]
-    assert cells[3] == "+0.040"
-    assert cells[4] == "+0.010"  # the worst weight-10 run: 1.61 vs the base 1.6
+    assert cells[3] == "–"  # no run kept its validation rows' hits
+    assert cells[4] == "+0.040"
+    assert cells[5] == "+0.010 / -0.100"  # the worst run at weight 10 (1.61 vs the base 1.6), and at 3
+
+
+def test_weight_choice_counts_validation_rows_won_and_lost_with_a_sign_test():
+    from tellbench.frontier import sign_test, weight_choice
+
+    runs = [weighted("question_formation", 10, 0, 3.0, 0.5, 0.9, 1.5, val_row_hits="1100"),
+            weighted("question_formation", 10, 0, 10.0, 0.75, 0.9, 1.5, val_row_hits="1011")]
+    row = [line for line in weight_choice(runs).splitlines() if line.startswith("| 10 |")][0]
+    assert "+2 / −1 (p = 1)" in row
+    assert sign_test(6, 0) == pytest.approx(2 / 64)  # the seed-1 pair quoted in BENCHMARKS: p ≈ 0.03
+    assert sign_test(10, 1) == pytest.approx(2 * 12 / 2048)
+    assert sign_test(0, 0) == 1.0
 
 
 def test_weight_choice_is_empty_without_validation_scores():

@@ -228,6 +228,14 @@ def weight_runs(runs: list[dict]) -> dict:
     return out
 
 
+def sign_test(won: int, lost: int) -> float:
+    """Exact two-sided sign test (McNemar) on the discordant rows: how often a fair coin splits this unevenly."""
+    n, k = won + lost, min(won, lost)
+    if n == 0:
+        return 1.0
+    return min(1.0, 2 * sum(math.comb(n, i) for i in range(k + 1)) / 2 ** n)
+
+
 def _initials(task: str) -> str:
     """question_formation -> QF: short enough for one table cell per paired run."""
     return "".join(word[:1] for word in task.split("_")).upper()
@@ -241,7 +249,8 @@ def weight_choice(runs: list[dict]) -> str:
     base = {r["task"]: r["general_loss"] for r in runs if r["method"] == "zero_shot" and r.get("general_loss")}
     weights = sorted({w for runs_ in by_seed.values() for w in runs_} - {default})
     lines = [f"| weight vs {default:g} | paired runs (task, rows, seed) | validation gain (mean, per run) | "
-             "test gain (mean) | Δ general, worst run |", "|---:|---|---|---:|---:|"]
+             "validation rows won / lost (sign test) | test gain (mean) | Δ general, worst run (this weight / "
+             f"{default:g}) |", "|---:|---|---|---|---:|---:|"]
     for w in weights:
         pairs = [(key, rs[w], rs[default]) for key, rs in sorted(by_seed.items())
                  if w in rs and default in rs and "val_score" in rs[w] and "val_score" in rs[default]]
@@ -249,10 +258,18 @@ def weight_choice(runs: list[dict]) -> str:
             continue
         val = [a["val_score"] - b["val_score"] for _, a, b in pairs]
         test = [a["score"] - b["score"] for _, a, b in pairs]
-        worst = max((a["general_loss"] - base[a["task"]] for _, a, _ in pairs if a["task"] in base), default=None)
+        worst = [max((run["general_loss"] - base[run["task"]] for run in side if run["task"] in base), default=None)
+                 for side in ([a for _, a, _ in pairs], [b for _, _, b in pairs])]
         each = ", ".join(f"{_initials(t)}{n}/s{s} {v:+.2f}" for ((t, n, s), _, _), v in zip(pairs, val))
-        lines.append(f"| {w:g} | {len(pairs)} | {statistics.mean(val):+.3f} ({each}) | {statistics.mean(test):+.3f} | "
-                     + ("–" if worst is None else f"{worst:+.3f}") + " |")
+        won = lost = 0
+        for _, a, b in pairs:  # rows one got right and the other wrong, over every pair that kept its rows' hits
+            if a.get("val_row_hits") and len(a["val_row_hits"]) == len(b.get("val_row_hits") or ""):
+                won += sum(x == "1" and y == "0" for x, y in zip(a["val_row_hits"], b["val_row_hits"]))
+                lost += sum(x == "0" and y == "1" for x, y in zip(a["val_row_hits"], b["val_row_hits"]))
+        rows = f"+{won} / −{lost} (p = {sign_test(won, lost):.2g})" if won + lost else "–"
+        lines.append(f"| {w:g} | {len(pairs)} | {statistics.mean(val):+.3f} ({each}) | {rows} | "
+                     f"{statistics.mean(test):+.3f} | "
+                     + " / ".join("–" if x is None else f"{x:+.3f}" for x in worst) + " |")
     return "\n".join(lines) if len(lines) > 2 else ""
 
 
