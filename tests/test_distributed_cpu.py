@@ -20,6 +20,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from axolotl_tell.args import DEFAULT_TASK_LOSS_WEIGHT
 from tiny import make_workspace
 
 try:
@@ -96,9 +97,9 @@ def test_zero_stage_keeps_plan_and_per_source_metrics(tiny_model, tmp_path, plai
     # same planned batches: identical per-source supervised token counts at every step
     assert [(s[1], s[3]) for s in steps] == [(s[1], s[3]) for s in plain_steps] and steps
     # the logged loss is the token-weighted mean of the two per-source losses, task tokens counted W times
-    # (`tell_task_loss_weight`, default 3): the weight reaches the loss under ZeRO too
+    # (`tell_task_loss_weight`, unset here: the default): the weight reaches the loss under ZeRO too
     weight = json.loads((out / "tell_report.json").read_text())["trained"]["task_loss_weight"]
-    assert weight == 3.0
+    assert weight == DEFAULT_TASK_LOSS_WEIGHT
     for loss, n_task, task_loss, n_gen, gen_loss in steps:
         # (the log keeps 4 significant digits: a relative bound)
         assert loss == pytest.approx((weight * n_task * task_loss + n_gen * gen_loss) / (n_task + n_gen), rel=1e-3)
@@ -148,8 +149,8 @@ def test_two_ddp_ranks_train_consecutive_slices_of_the_plan(tiny_model, tmp_path
         assert last[0] >= expected[-1][0] and last[1] >= expected[-1][1] and sum(last) > sum(expected[-1])
     else:
         assert last == expected[-1]
-    weight = report["trained"]["task_loss_weight"]  # task tokens count W times in the training loss (default 3)
-    assert weight == 3.0
+    weight = report["trained"]["task_loss_weight"]  # task tokens count W times in the training loss (the default)
+    assert weight == DEFAULT_TASK_LOSS_WEIGHT
     for loss, n_task, task_loss, n_gen, gen_loss in steps:  # the ranks' mean loss vs the pooled per-source losses
         # each rank normalises by its own tokens, so the pooled value is close, not equal; the unweighted mean is
         # ~40 % off, so being nearer the weighted one shows the weight reached both ranks' losses
