@@ -146,15 +146,16 @@ def weighted(task, rows, seed, weight, val, score, loss, **extra) -> dict:
 def test_weight_choice_pairs_each_weight_with_the_default_on_validation_rows():
     from tellbench.frontier import weight_choice
 
-    base = {"method": "zero_shot", "task": "question_formation", "task_rows": 10, "seed": 0, "score": 0.0, "general_loss": 1.6}
+    qf = "question_formation"
+    base = {"method": "zero_shot", "task": qf, "task_rows": 10, "seed": 0, "score": 0.0, "general_loss": 1.6}
     runs = [base,
-            weighted("question_formation", 10, 0, 3.0, 0.80, 0.90, 1.5), weighted("question_formation", 10, 0, 10.0, 0.90, 0.92, 1.55),
-            weighted("question_formation", 10, 1, 3.0, 0.70, 0.80, 1.5), weighted("question_formation", 10, 1, 10.0, 0.60, 0.86, 1.61),
+            weighted(qf, 10, 0, 3.0, 0.80, 0.90, 1.5), weighted(qf, 10, 0, 10.0, 0.90, 0.92, 1.55),
+            weighted(qf, 10, 1, 3.0, 0.70, 0.80, 1.5), weighted(qf, 10, 1, 10.0, 0.60, 0.86, 1.61),
             # no validation score on one side: not paired
-            weighted("question_formation", 30, 0, 3.0, None, 1.0, 1.5), weighted("question_formation", 30, 0, 10.0, 1.0, 1.0, 1.5),
+            weighted(qf, 30, 0, 3.0, None, 1.0, 1.5), weighted(qf, 30, 0, 10.0, 1.0, 1.0, 1.5),
             # another lever as well: not a weight-only comparison
-            weighted("question_formation", 10, 2, 3.0, 0.5, 0.5, 1.5),
-            {**weighted("question_formation", 10, 2, 10.0, 0.9, 0.9, 1.5), "general_ratio": 10.0}]
+            weighted(qf, 10, 2, 3.0, 0.5, 0.5, 1.5),
+            {**weighted(qf, 10, 2, 10.0, 0.9, 0.9, 1.5), "general_ratio": 10.0}]
     text = weight_choice(runs)
     row = [line for line in text.splitlines() if line.startswith("| 10 |")]
     assert len(row) == 1, text

@@ -57,18 +57,22 @@ BENCH_TELL_KEYS = {"tell_task_datasets", "tell_anchor", "tell_anchor_placement",
                    "tell_general_ratio", "tell_spread", "tell_general_shortfall"}
 
 
-def is_default_tell(run: dict) -> bool:
-    """A TELL run at the plugin's defaults: default ratio, today's auto repeats, every lever key at its default."""
+def at_defaults_but_weight(run: dict) -> bool:
+    """A bf16 TELL run at the default ratio and today's auto repeats, with no lever key but the loss weight."""
     if run.get("method") != "tell" or run.get("precision") == "fp32":
         return False
     want = plugin_defaults()
-    levers = {k: v for k, v in (run.get("tell_keys") or {}).items() if k not in BENCH_TELL_KEYS}
+    levers = {k for k in (run.get("tell_keys") or {}) if k not in BENCH_TELL_KEYS}
     # the repeats it ran with, not the ones it asked for: an earlier `auto` (200 occurrences) gave 30 rows 7, today's
     # gives 20, so a run that asked for 20 at 30 rows is today's default and the old `auto` run is not
     return (float(run["general_ratio"]) == want["tell_general_ratio"]
             and run.get("task_repeats") is not None and int(run["task_repeats"]) == default_repeats(run)
-            and loss_weight(run) == want["tell_task_loss_weight"]
-            and all(k in want for k in levers))
+            and levers <= {"tell_task_loss_weight"})
+
+
+def is_default_tell(run: dict) -> bool:
+    """A TELL run at the plugin's defaults: default ratio, today's auto repeats, every lever key at its default."""
+    return at_defaults_but_weight(run) and loss_weight(run) == plugin_defaults()["tell_task_loss_weight"]
 
 
 def _ms(values):
@@ -216,14 +220,9 @@ def goal(runs: list[dict]) -> str:
 
 def weight_runs(runs: list[dict]) -> dict:
     """{(task, rows, seed): {weight: run}} for TELL runs that differ from the defaults in the loss weight alone."""
-    want = plugin_defaults()
     out = defaultdict(dict)
     for r in runs:
-        if r.get("method") != "tell" or r.get("precision") == "fp32":
-            continue
-        levers = {k for k in (r.get("tell_keys") or {}) if k not in BENCH_TELL_KEYS}
-        if (float(r["general_ratio"]) == want["tell_general_ratio"] and r.get("task_repeats") is not None
-                and int(r["task_repeats"]) == default_repeats(r) and levers <= {"tell_task_loss_weight"}):
+        if at_defaults_but_weight(r):
             out[(r["task"], r["task_rows"], r["seed"])][loss_weight(r)] = r
     return out
 
