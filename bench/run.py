@@ -21,6 +21,7 @@ already in the results file are skipped: re-running the same command resumes. Th
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import json
 import math
@@ -56,9 +57,38 @@ def load_results(path: Path) -> dict:
 
 def save_results(path: Path, results: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp = path.with_suffix(f"{path.suffix}.{os.getpid()}.tmp")  # one per writer: parallel streams share the file
     tmp.write_text(json.dumps(results, indent=1, ensure_ascii=False), encoding="utf-8")
     tmp.replace(path)
+
+
+@contextlib.contextmanager
+def results_lock(path: Path):
+    """Hold an exclusive lock on the results file's sidecar while reading, changing and writing it.
+
+    Several runners (the GPU machine's parallel streams) append to one file: without the lock, two read-modify-write
+    cycles that overlap keep only the later writer's runs.
+    """
+    import fcntl
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_suffix(path.suffix + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def record_run(path: Path, rec: dict, meta: dict | None = None) -> dict:
+    """Add (or replace, by key) one run in the results file; runs other writers added meanwhile are kept."""
+    with results_lock(path):
+        results = load_results(path)
+        if meta:
+            results.setdefault("meta", {}).update(meta)
+        results["runs"] = [r for r in results["runs"] if r["key"] != rec["key"]] + [rec]
+        save_results(path, results)
+    return results
 
 
 # ----------------------------------------------------------------------------------------------- the runner
@@ -483,11 +513,12 @@ def rescore_val(args, out: Path, cells: list[Cell], results: dict) -> int:
         if val is None:
             missing.append(cell.key)
             continue
-        results = load_results(out)  # another writer may have added runs; never drop them
-        for r in results["runs"]:
-            if r["key"] == cell.key:
-                r.update(val)
-        save_results(out, results)
+        with results_lock(out):  # another writer may have added runs; never drop them
+            results = load_results(out)
+            for r in results["runs"]:
+                if r["key"] == cell.key:
+                    r.update(val)
+            save_results(out, results)
         print(f"[bench]   {cell.key}: val {val.get('val_score')} ({val.get('val_rows')} rows)", flush=True)
     if missing:
         print(f"[bench] no adapter on disk for {len(missing)} run(s): {missing}", file=sys.stderr)
@@ -541,11 +572,8 @@ def main(argv=None) -> int:
             continue
         ran += 1
         slowest = max(slowest, time.perf_counter() - t0)
-        results = load_results(out)  # another writer may have added runs; never drop them
-        results.setdefault("meta", {}).update({"grid": args.grid, "model": Path(bench.model).name,
-                                               "device": bench.device_name, "profile": bench.profile})
-        results["runs"] = [r for r in results["runs"] if r["key"] != rec["key"]] + [rec]
-        save_results(out, results)
+        results = record_run(out, rec, {"grid": args.grid, "model": Path(bench.model).name,
+                                        "device": bench.device_name, "profile": bench.profile})
         print(f"[bench]   score {rec['score']:.3f} ({rec['metric']})  general loss {rec['general_loss']:.3f}  "
               f"steps {rec['steps']}  train {rec['wall_s']:.0f}s  eval {rec['eval_s']:.0f}s", flush=True)
     if results["runs"]:
