@@ -25,12 +25,13 @@ OUTD=${OUT:-bench/work/frontier_gpu_out}
 RESULTS=${RESULTS:-bench/results/frontier_gpu.json}
 LOGS=bench/work/frontier_gpu_logs
 mkdir -p "$LOGS" "$OUTD" "$(dirname "$RESULTS")"
+CORES=$(nproc --all)  # before OMP_NUM_THREADS=2 below, which `nproc` would report instead
 export PYTHONPATH="$PWD:${PYTHONPATH:-}" OMP_NUM_THREADS=2 MKL_NUM_THREADS=2 AXOLOTL_DO_NOT_TRACK=1 \
        HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 WANDB_MODE=disabled TOKENIZERS_PARALLELISM=false \
        PYTHONUNBUFFERED=1
 PY=${PY:-python3}
 GPU=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1)
-NOTE=${NOTE:-"${GPU:-no GPU}, $(nproc) cores, 7 parallel streams"}
+NOTE=${NOTE:-"$CORES cores, 7 parallel streams"}  # bench/run.py adds the GPU's name
 log() { echo "[gpu_frontier] +$(( $(date +%s) - T0 ))s $*"; }
 
 # The same tokenizer files as the CPU machine's model folder (the kit converts the same GGUF; its tokenizer

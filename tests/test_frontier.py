@@ -18,7 +18,7 @@ def defaults_at_ratio_3_weight_3(monkeypatch):
     import tellbench.frontier as frontier
 
     monkeypatch.setattr(frontier, "plugin_defaults", lambda: {
-        "tell_general_ratio": 3.0, "tell_task_repeats": "auto", "tell_task_loss_weight": 3.0})
+        "tell_general_ratio": 3.0, "tell_task_repeats": "auto", "tell_task_loss_weight": 3.0, "tell_spread": "even"})
 
 
 def test_the_reading_follows_the_plugins_defaults(monkeypatch):
@@ -30,10 +30,13 @@ def test_the_reading_follows_the_plugins_defaults(monkeypatch):
     run = tell_run(10, 20, ratio=float(DEFAULT_GENERAL_RATIO), weight=float(DEFAULT_TASK_LOSS_WEIGHT))
     assert frontier.is_default_tell(run)
     assert not frontier.is_default_tell({**run, "task_loss_weight": DEFAULT_TASK_LOSS_WEIGHT + 1})
+    assert not frontier.is_default_tell({**run, "tell_keys": {**run["tell_keys"], "tell_spread": "random"}})
 
 
-def tell_run(rows: int, repeats: int, requested="auto", ratio=3.0, weight=3.0, precision="bf16") -> dict:
-    keys = {"tell_general_ratio": ratio, "tell_task_repeats": requested, "tell_task_loss_weight": weight}
+def tell_run(rows: int, repeats: int, requested="auto", ratio=3.0, weight=3.0, precision="bf16",
+             spread="even") -> dict:
+    keys = {"tell_general_ratio": ratio, "tell_task_repeats": requested, "tell_task_loss_weight": weight,
+            "tell_spread": spread}
     return {"method": "tell", "task_rows": rows, "general_ratio": ratio, "task_repeats_requested": requested,
             "task_repeats": float(repeats), "task_loss_weight": weight, "tell_keys": keys, "precision": precision}
 
@@ -49,6 +52,8 @@ def tell_run(rows: int, repeats: int, requested="auto", ratio=3.0, weight=3.0, p
         (tell_run(10, 20, weight=1.0), False, "TELL g3"),
         (tell_run(10, 20, ratio=10.0), False, "TELL g10 w3"),
         (tell_run(10, 20, precision="fp32"), False, "TELL g3 w3 fp32"),
+        # the spread lever (frontier_gpu's `random` variant) is not the default even spread
+        (tell_run(10, 20, spread="random"), False, "TELL g3 w3 random"),
     ],
 )
 def test_default_tell_is_judged_by_the_repeats_it_ran_with(run, default, label):

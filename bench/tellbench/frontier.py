@@ -22,8 +22,16 @@ def plugin_defaults() -> dict:
     """The TELL keys a user gets without setting them (read from the plugin, so a new default is picked up)."""
     from axolotl_tell.args import DEFAULT_GENERAL_RATIO, DEFAULT_TASK_LOSS_WEIGHT
 
+    from axolotl_tell.args import TellArgs
+
     return {"tell_general_ratio": float(DEFAULT_GENERAL_RATIO), "tell_task_repeats": "auto",
-            "tell_task_loss_weight": float(DEFAULT_TASK_LOSS_WEIGHT)}
+            "tell_task_loss_weight": float(DEFAULT_TASK_LOSS_WEIGHT),
+            "tell_spread": TellArgs.model_fields["tell_spread"].default}
+
+
+def spread(run: dict) -> str:
+    """The spread a TELL run trained with (every bench cell writes `tell_spread`; absent: the plugin's default)."""
+    return str((run.get("tell_keys") or {}).get("tell_spread") or plugin_defaults()["tell_spread"])
 
 
 def loss_weight(run: dict) -> float:
@@ -47,6 +55,8 @@ def tell_label(run: dict) -> str:
         label += f" r{int(run['task_repeats'])}"  # the repeats it ran with, where today's auto gives others
     if weight != 1.0:
         label += f" w{weight:g}"
+    if spread(run) != plugin_defaults()["tell_spread"]:
+        label += f" {spread(run)}"
     if run.get("precision") == "fp32":
         label += " fp32"
     return label
@@ -58,7 +68,7 @@ BENCH_TELL_KEYS = {"tell_task_datasets", "tell_anchor", "tell_anchor_placement",
 
 
 def at_defaults_but_weight(run: dict) -> bool:
-    """A bf16 TELL run at the default ratio and today's auto repeats, with no lever key but the loss weight."""
+    """A bf16 TELL run at the default ratio, spread and today's auto repeats, with no lever key but the loss weight."""
     if run.get("method") != "tell" or run.get("precision") == "fp32":
         return False
     want = plugin_defaults()
@@ -67,7 +77,7 @@ def at_defaults_but_weight(run: dict) -> bool:
     # gives 20, so a run that asked for 20 at 30 rows is today's default and the old `auto` run is not
     return (float(run["general_ratio"]) == want["tell_general_ratio"]
             and run.get("task_repeats") is not None and int(run["task_repeats"]) == default_repeats(run)
-            and levers <= {"tell_task_loss_weight"})
+            and levers <= {"tell_task_loss_weight"} and spread(run) == want["tell_spread"])
 
 
 def is_default_tell(run: dict) -> bool:
