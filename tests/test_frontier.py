@@ -190,3 +190,27 @@ def test_weight_choice_is_empty_without_validation_scores():
 
     assert weight_choice([weighted("question_formation", 10, 0, 3.0, None, 0.9, 1.5),
                           weighted("question_formation", 10, 0, 10.0, None, 0.9, 1.5)]) == ""
+
+
+def test_lever_choice_pairs_ratio_and_spread_runs_with_the_defaults_and_shows_their_cost():
+    from tellbench.frontier import lever_choice
+
+    os_ = "opinion_sentiment"
+
+    def run(seed, val, score, steps, ratio=3.0, spread="even"):
+        r = {**weighted(os_, 10, seed, 3.0, val, score, 1.6, steps=steps), "general_ratio": ratio}
+        r["tell_keys"] = {**r["tell_keys"], "tell_general_ratio": ratio, "tell_spread": spread}
+        return r
+
+    runs = [run(0, 0.50, 0.66, 40), run(0, 0.56, 0.68, 230, ratio=50.0), run(0, 0.52, 0.68, 40, spread="random"),
+            run(1, 0.60, 0.68, 42), run(1, 0.54, 0.72, 240, ratio=50.0),
+            # two levers at once: in neither table
+            run(2, 0.50, 0.60, 40), run(2, 0.90, 0.90, 240, ratio=50.0, spread="random")]
+    ratio = [line for line in lever_choice(runs, "tell_general_ratio").splitlines() if line.startswith("| 50 |")]
+    assert len(ratio) == 1
+    cells = [c.strip() for c in ratio[0].split("|")[1:-1]]
+    assert cells[1] == "2" and cells[2].startswith("+0.000 ") and "OS10/s0 +0.06" in cells[2]
+    assert cells[4] == "+0.030" and cells[6] == "235 / 41"
+    spread = [line for line in lever_choice(runs, "tell_spread").splitlines() if line.startswith("| random |")]
+    assert len(spread) == 1 and "| 1 | +0.020 " in spread[0]
+    assert "spread vs even" in lever_choice(runs, "tell_spread")

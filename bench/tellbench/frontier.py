@@ -67,22 +67,41 @@ BENCH_TELL_KEYS = {"tell_task_datasets", "tell_anchor", "tell_anchor_placement",
                    "tell_general_ratio", "tell_spread", "tell_general_shortfall"}
 
 
-def at_defaults_but_weight(run: dict) -> bool:
-    """A bf16 TELL run at the default ratio, spread and today's auto repeats, with no lever key but the loss weight."""
+# The levers a run may move off the defaults, one at a time: how to read each from a run, and its name in tables.
+LEVERS = {"tell_task_loss_weight": ("weight", loss_weight),
+          "tell_general_ratio": ("ratio", lambda run: float(run["general_ratio"])),
+          "tell_spread": ("spread", spread)}
+
+
+def levers_off_default(run: dict) -> set | None:
+    """The levers (``LEVERS`` keys) a bf16 TELL run at today's auto repeats moved off the plugin's defaults; None for
+    a run that is not comparable (not TELL, fp32, other repeats, or a lever key the bench does not vary)."""
     if run.get("method") != "tell" or run.get("precision") == "fp32":
-        return False
-    want = plugin_defaults()
-    levers = {k for k in (run.get("tell_keys") or {}) if k not in BENCH_TELL_KEYS}
+        return None
     # the repeats it ran with, not the ones it asked for: an earlier `auto` (200 occurrences) gave 30 rows 7, today's
     # gives 20, so a run that asked for 20 at 30 rows is today's default and the old `auto` run is not
-    return (float(run["general_ratio"]) == want["tell_general_ratio"]
-            and run.get("task_repeats") is not None and int(run["task_repeats"]) == default_repeats(run)
-            and levers <= {"tell_task_loss_weight"} and spread(run) == want["tell_spread"])
+    if run.get("task_repeats") is None or int(run["task_repeats"]) != default_repeats(run):
+        return None
+    if {k for k in (run.get("tell_keys") or {}) if k not in BENCH_TELL_KEYS} - set(LEVERS):
+        return None
+    want = plugin_defaults()
+    return {key for key, (_, value) in LEVERS.items() if value(run) != want[key]}
+
+
+def at_defaults_but(run: dict, lever: str) -> bool:
+    """A TELL run at the defaults in everything but (possibly) ``lever``."""
+    off = levers_off_default(run)
+    return off is not None and off <= {lever}
+
+
+def at_defaults_but_weight(run: dict) -> bool:
+    """A bf16 TELL run at the default ratio, spread and today's auto repeats, with no lever key but the loss weight."""
+    return at_defaults_but(run, "tell_task_loss_weight")
 
 
 def is_default_tell(run: dict) -> bool:
     """A TELL run at the plugin's defaults: default ratio, today's auto repeats, every lever key at its default."""
-    return at_defaults_but_weight(run) and loss_weight(run) == plugin_defaults()["tell_task_loss_weight"]
+    return levers_off_default(run) == set()
 
 
 def _ms(values):
@@ -228,13 +247,18 @@ def goal(runs: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def weight_runs(runs: list[dict]) -> dict:
-    """{(task, rows, seed): {weight: run}} for TELL runs that differ from the defaults in the loss weight alone."""
+def lever_runs(runs: list[dict], lever: str) -> dict:
+    """{(task, rows, seed): {value: run}} for TELL runs that differ from the defaults in ``lever`` alone (or not at all)."""
     out = defaultdict(dict)
     for r in runs:
-        if at_defaults_but_weight(r):
-            out[(r["task"], r["task_rows"], r["seed"])][loss_weight(r)] = r
+        if at_defaults_but(r, lever):
+            out[(r["task"], r["task_rows"], r["seed"])][LEVERS[lever][1](r)] = r
     return out
+
+
+def weight_runs(runs: list[dict]) -> dict:
+    """{(task, rows, seed): {weight: run}} for TELL runs that differ from the defaults in the loss weight alone."""
+    return lever_runs(runs, "tell_task_loss_weight")
 
 
 def sign_test(won: int, lost: int) -> float:
@@ -250,36 +274,47 @@ def _initials(task: str) -> str:
     return "".join(word[:1] for word in task.split("_")).upper()
 
 
-def weight_choice(runs: list[dict]) -> str:
-    """Each task loss weight against the current default on the same (task, rows, seed): validation gain (what a
-    default is chosen on), test gain and general loss. Empty when no weight but the default has validation scores."""
-    by_seed = weight_runs(runs)
-    default = plugin_defaults()["tell_task_loss_weight"]
+def lever_choice(runs: list[dict], lever: str) -> str:
+    """Each value of one lever against the current default on the same (task, rows, seed), everything else at the
+    defaults: validation gain (what a default is chosen on), test gain, general loss and cost in steps. Empty when no
+    value but the default has validation scores."""
+    name, _ = LEVERS[lever]
+    by_seed = lever_runs(runs, lever)
+    default = plugin_defaults()[lever]
     base = {r["task"]: r["general_loss"] for r in runs if r["method"] == "zero_shot" and r.get("general_loss")}
-    weights = sorted({w for runs_ in by_seed.values() for w in runs_} - {default})
-    lines = [f"| weight vs {default:g} | paired runs (task, rows, seed) | validation gain (mean, per run) | "
-             "validation rows won / lost (sign test) | test gain (mean) | Δ general, worst run (this weight / "
-             f"{default:g}) |", "|---:|---|---|---|---:|---:|"]
-    for w in weights:
-        pairs = [(key, rs[w], rs[default]) for key, rs in sorted(by_seed.items())
-                 if w in rs and default in rs and "val_score" in rs[w] and "val_score" in rs[default]]
+    values = sorted({v for runs_ in by_seed.values() for v in runs_} - {default}, key=str)
+    show = (lambda v: f"{v:g}") if isinstance(default, float) else str
+    lines = [f"| {name} vs {show(default)} | paired runs (task, rows, seed) | validation gain (mean, per run) | "
+             "validation rows won / lost (sign test) | test gain (mean) | Δ general, worst run (this / "
+             f"{show(default)}) | steps, mean (this / {show(default)}) |", "|---:|---|---|---|---:|---:|---:|"]
+    for v in sorted(values, key=lambda x: (isinstance(x, str), x)):
+        pairs = [(key, rs[v], rs[default]) for key, rs in sorted(by_seed.items())
+                 if v in rs and default in rs and "val_score" in rs[v] and "val_score" in rs[default]]
         if not pairs:
             continue
         val = [a["val_score"] - b["val_score"] for _, a, b in pairs]
         test = [a["score"] - b["score"] for _, a, b in pairs]
         worst = [max((run["general_loss"] - base[run["task"]] for run in side if run["task"] in base), default=None)
                  for side in ([a for _, a, _ in pairs], [b for _, _, b in pairs])]
-        each = ", ".join(f"{_initials(t)}{n}/s{s} {v:+.2f}" for ((t, n, s), _, _), v in zip(pairs, val))
+        each = ", ".join(f"{_initials(t)}{n}/s{s} {x:+.2f}" for ((t, n, s), _, _), x in zip(pairs, val))
         won = lost = 0
         for _, a, b in pairs:  # rows one got right and the other wrong, over every pair that kept its rows' hits
             if a.get("val_row_hits") and len(a["val_row_hits"]) == len(b.get("val_row_hits") or ""):
                 won += sum(x == "1" and y == "0" for x, y in zip(a["val_row_hits"], b["val_row_hits"]))
                 lost += sum(x == "0" and y == "1" for x, y in zip(a["val_row_hits"], b["val_row_hits"]))
         rows = f"+{won} / −{lost} (p = {sign_test(won, lost):.2g})" if won + lost else "–"
-        lines.append(f"| {w:g} | {len(pairs)} | {statistics.mean(val):+.3f} ({each}) | {rows} | "
+        steps = [statistics.mean(float(side["steps"]) for side in group) if all("steps" in g for g in group) else None
+                 for group in ([a for _, a, _ in pairs], [b for _, _, b in pairs])]
+        lines.append(f"| {show(v)} | {len(pairs)} | {statistics.mean(val):+.3f} ({each}) | {rows} | "
                      f"{statistics.mean(test):+.3f} | "
-                     + " / ".join("–" if x is None else f"{x:+.3f}" for x in worst) + " |")
+                     + " / ".join("–" if x is None else f"{x:+.3f}" for x in worst) + " | "
+                     + " / ".join("–" if x is None else f"{x:.0f}" for x in steps) + " |")
     return "\n".join(lines) if len(lines) > 2 else ""
+
+
+def weight_choice(runs: list[dict]) -> str:
+    """The task loss weight's table (``lever_choice``): how the default weight was chosen."""
+    return lever_choice(runs, "tell_task_loss_weight")
 
 
 def plot(runs: list[dict], path: Path) -> Path | None:

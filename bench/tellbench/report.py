@@ -212,12 +212,14 @@ def write(results_path: Path) -> str:
                          f"{frontier.SCORE_TOLERANCE:g} of its score, general loss within "
                          f"{frontier.LOSS_TOLERANCE:g} nats of the base model's.\n\n" + frontier.goal(runs) + "\n\n"
                          + (f"![frontier]({picture.name})\n\n" if picture else ""))
-        weights = frontier.weight_choice(runs)
-        if weights:  # the default loss weight is chosen on validation rows, as sft_best's epoch is
-            frontier_part += ("## Task loss weight, chosen on validation rows\n\nEach weight against the current "
-                              "default on the same task, rows and seed (everything else at the defaults); the "
-                              "validation rows are never trained on nor reported as the test score.\n\n"
-                              + weights + "\n\n")
+        for lever, title in (("tell_task_loss_weight", "Task loss weight"), ("tell_general_ratio", "General ratio"),
+                             ("tell_spread", "Spread")):
+            choice = frontier.lever_choice(runs, lever)
+            if choice:  # a default is chosen on validation rows, as sft_best's epoch is
+                frontier_part += (f"## {title}, chosen on validation rows\n\nEach value against the current "
+                                  "default on the same task, rows and seed (everything else at the defaults); the "
+                                  "validation rows are never trained on nor reported as the test score.\n\n"
+                                  + choice + "\n\n")
     anchor_table = anchors(runs)
     anchor_part = f"Anchors the TELL runs trained with:\n\n{anchor_table}\n\n" if anchor_table else ""
     results_path.with_suffix(".md").write_text(header + text + "\n\n" + frontier_part + anchor_part + pics,
