@@ -36,9 +36,11 @@ step_w10_seeds() { local qf=(--tasks question_formation) os=(--tasks opinion_sen
                    bench --sizes 30 --seeds 2 "${os[@]}" --methods zero_shot sft_best
                    bench --sizes 30 --seeds 2 "${os[@]}" --methods tell --ratios 3 --variants eq
                    bench --sizes 10 --seeds 2 --methods tell --ratios 3 --variants w10; }
-step_seeds()     { for s in 1 2; do                                    # defaults and sft_best on seeds 1 and 2
-                     bench --sizes 10 --seeds $s --methods tell --ratios 3 --variants eq
-                     bench --sizes 10 --seeds $s --methods zero_shot sft_best; done; }
+step_seeds()     { for s in 1 2; do                                    # defaults (weight 10) and sft_best, seeds 1-2
+                     bench --sizes 10 --seeds $s --methods tell --ratios 3 --variants w10
+                     bench --sizes 10 --seeds $s --methods zero_shot sft_best
+                     bench --sizes 30 --seeds $s --methods tell --ratios 3 --variants w10
+                     bench --sizes 30 --seeds $s --methods zero_shot sft_best; done; }
 step_qf10()      { bench --sizes 10 --seeds 0 --methods tell --tasks question_formation --ratios 10 --variants - eq; }
 step_ratio50()   { bench --sizes 10 --ratios 50; }                           # 270-620 steps a run: ~1 h each here
 # Wait for a bench already running (one torch job at a time), then go on.
