@@ -214,3 +214,27 @@ def test_lever_choice_pairs_ratio_and_spread_runs_with_the_defaults_and_shows_th
     spread = [line for line in lever_choice(runs, "tell_spread").splitlines() if line.startswith("| random |")]
     assert len(spread) == 1 and "| 1 | +0.020 " in spread[0]
     assert "spread vs even" in lever_choice(runs, "tell_spread")
+
+
+def test_compare_devices_lines_up_the_seeds_both_machines_ran(tmp_path):
+    import json
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
+    from compare_devices import compare
+
+    def results(name, tell_score, best_score, seeds):
+        runs = [{"method": "zero_shot", "task": "qf", "task_rows": 10, "seed": 0, "score": 0.0, "general_loss": 1.6}]
+        for s in seeds:
+            runs += [{**weighted("qf", 10, s, 3.0, 0.5, tell_score, 1.5)},
+                     {"method": "sft_best", "task": "qf", "task_rows": 10, "seed": s, "score": best_score,
+                      "general_loss": 2.6},
+                     weighted("qf", 10, s, 1.0, 0.5, 0.1, 1.5)]  # not at the defaults: left out
+        path = tmp_path / f"{name}.json"
+        path.write_text(json.dumps({"runs": runs}))
+        return path
+
+    text = compare(results("cpu", 0.9, 0.8, [0, 1]), results("gpu", 0.95, 0.85, [1, 2]))
+    rows = [line for line in text.splitlines() if line.startswith("| qf |")]
+    assert rows[:2] == ["| qf | 10 | TELL (defaults) | 1 | 0.90 | 0.95 | -0.100 | -0.100 |",
+                        "| qf | 10 | sft_best | 1 | 0.80 | 0.85 | +1.000 | +1.000 |"]
+    assert "| qf | 10 | TELL (defaults) | 1 | 0.900 | 0.950 |" in rows
