@@ -20,9 +20,7 @@ LOSS_TOLERANCE = 0.02  # nats
 
 def plugin_defaults() -> dict:
     """The TELL keys a user gets without setting them (read from the plugin, so a new default is picked up)."""
-    from axolotl_tell.args import DEFAULT_GENERAL_RATIO, DEFAULT_TASK_LOSS_WEIGHT
-
-    from axolotl_tell.args import TellArgs
+    from axolotl_tell.args import DEFAULT_GENERAL_RATIO, DEFAULT_TASK_LOSS_WEIGHT, TellArgs
 
     return {"tell_general_ratio": float(DEFAULT_GENERAL_RATIO), "tell_task_repeats": "auto",
             "tell_task_loss_weight": float(DEFAULT_TASK_LOSS_WEIGHT),
@@ -282,12 +280,12 @@ def lever_choice(runs: list[dict], lever: str) -> str:
     by_seed = lever_runs(runs, lever)
     default = plugin_defaults()[lever]
     base = {r["task"]: r["general_loss"] for r in runs if r["method"] == "zero_shot" and r.get("general_loss")}
-    values = sorted({v for runs_ in by_seed.values() for v in runs_} - {default}, key=str)
+    values = sorted({v for runs_ in by_seed.values() for v in runs_} - {default})  # one lever: one type
     show = (lambda v: f"{v:g}") if isinstance(default, float) else str
     lines = [f"| {name} vs {show(default)} | paired runs (task, rows, seed) | validation gain (mean, per run) | "
              "validation rows won / lost (sign test) | test gain (mean) | Δ general, worst run (this / "
              f"{show(default)}) | steps, mean (this / {show(default)}) |", "|---:|---|---|---|---:|---:|---:|"]
-    for v in sorted(values, key=lambda x: (isinstance(x, str), x)):
+    for v in values:
         pairs = [(key, rs[v], rs[default]) for key, rs in sorted(by_seed.items())
                  if v in rs and default in rs and "val_score" in rs[v] and "val_score" in rs[default]]
         if not pairs:
