@@ -4,8 +4,8 @@
 # 10-minute limit, with every finished cell. A cell cut by the deadline is not recorded; rerunning resumes.
 #
 #   here:   python bench/stage_data.py --grid frontier_gpu        # task + general files into bench/.data
-#           mkdir -p bench/.data/tokenizer && cp .cache/models/smollm2-135m-instruct/{tokenizer*,chat_template.jinja} bench/.data/tokenizer/
-#           bash ../shared/gpu/make_kit.sh                         # then the kit's `put` calls (.gpu/calls.txt)
+#           mkdir -p bench/.data/tokenizer && cp .cache/models/smollm2-135m-instruct/{tokenizer*,chat_template.jinja,generation_config.json} bench/.data/tokenizer/
+#           KIT_NO_DATA=1 bash ../shared/gpu/make_kit.sh           # then the kit's `put` calls (.gpu/calls.txt)
 #   last call (carry .gpu/stage.sh, .gpu/MANIFEST, .gpu/pN, bench/.data; timeout_s 600):
 #           T0=$(date +%s); set -o pipefail; bash .gpu/stage.sh setup 2>&1 | tail -4 && export KIT_PINNED=1 &&
 #           . /root/kit/env.sh && T0=$T0 bash bench/gpu_frontier.sh 2>&1 | tee $OUT/gpu.log
@@ -13,7 +13,8 @@
 #
 # env: T0 (the call's start, epoch seconds; default now), BUDGET (seconds from T0 until the results are packed;
 #      default 545), MODEL (default $KIT_MODEL), TOKENIZER (folder copied into MODEL first; default
-#      bench/.data/tokenizer, empty for none), ONLY (stream names to run; default all), OUT (what comes back:
+#      bench/.data/tokenizer, empty for none), ONLY (streams to run, of question10 opinion10 question30 opinion30
+#      ratio spread ratio1; default all), OUT (what comes back:
 #      frontier_gpu.json, logs.tgz). Streams run with 2 CPU threads each; the GPU is shared.
 set -uo pipefail
 cd "$(dirname "$0")/.."
