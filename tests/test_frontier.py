@@ -148,8 +148,8 @@ def weighted(task, rows, seed, weight, val, score, loss, **extra) -> dict:
     return {**run, **extra}
 
 
-def test_weight_choice_pairs_each_weight_with_the_default_on_validation_rows():
-    from tellbench.frontier import weight_choice
+def test_lever_choice_weight_pairs_each_weight_with_the_default_on_validation_rows():
+    from tellbench.frontier import lever_choice
 
     qf = "question_formation"
     base = {"method": "zero_shot", "task": qf, "task_rows": 10, "seed": 0, "score": 0.0, "general_loss": 1.6}
@@ -161,7 +161,7 @@ def test_weight_choice_pairs_each_weight_with_the_default_on_validation_rows():
             # another lever as well: not a weight-only comparison
             weighted(qf, 10, 2, 3.0, 0.5, 0.5, 1.5),
             {**weighted(qf, 10, 2, 10.0, 0.9, 0.9, 1.5), "general_ratio": 10.0}]
-    text = weight_choice(runs)
+    text = lever_choice(runs, "tell_task_loss_weight")
     row = [line for line in text.splitlines() if line.startswith("| 10 |")]
     assert len(row) == 1, text
     cells = [c.strip() for c in row[0].split("|")[1:-1]]
@@ -173,23 +173,23 @@ def test_weight_choice_pairs_each_weight_with_the_default_on_validation_rows():
     assert cells[5] == "+0.010 / -0.100"  # the worst run at weight 10 (1.61 vs the base 1.6), and at 3
 
 
-def test_weight_choice_counts_validation_rows_won_and_lost_with_a_sign_test():
-    from tellbench.frontier import sign_test, weight_choice
+def test_lever_choice_weight_counts_validation_rows_won_and_lost_with_a_sign_test():
+    from tellbench.frontier import lever_choice, sign_test
 
     runs = [weighted("question_formation", 10, 0, 3.0, 0.5, 0.9, 1.5, val_row_hits="1100"),
             weighted("question_formation", 10, 0, 10.0, 0.75, 0.9, 1.5, val_row_hits="1011")]
-    row = [line for line in weight_choice(runs).splitlines() if line.startswith("| 10 |")][0]
+    row = [line for line in lever_choice(runs, "tell_task_loss_weight").splitlines() if line.startswith("| 10 |")][0]
     assert "+2 / −1 (p = 1)" in row
     assert sign_test(6, 0) == pytest.approx(2 / 64)  # the seed-1 pair quoted in BENCHMARKS: p ≈ 0.03
     assert sign_test(10, 1) == pytest.approx(2 * 12 / 2048)
     assert sign_test(0, 0) == 1.0
 
 
-def test_weight_choice_is_empty_without_validation_scores():
-    from tellbench.frontier import weight_choice
+def test_lever_choice_weight_is_empty_without_validation_scores():
+    from tellbench.frontier import lever_choice
 
-    assert weight_choice([weighted("question_formation", 10, 0, 3.0, None, 0.9, 1.5),
-                          weighted("question_formation", 10, 0, 10.0, None, 0.9, 1.5)]) == ""
+    assert lever_choice([weighted("question_formation", 10, 0, 3.0, None, 0.9, 1.5),
+                          weighted("question_formation", 10, 0, 10.0, None, 0.9, 1.5)], "tell_task_loss_weight") == ""
 
 
 def test_lever_choice_pairs_ratio_and_spread_runs_with_the_defaults_and_shows_their_cost():

@@ -92,11 +92,6 @@ def at_defaults_but(run: dict, lever: str) -> bool:
     return off is not None and off <= {lever}
 
 
-def at_defaults_but_weight(run: dict) -> bool:
-    """A bf16 TELL run at the default ratio, spread and today's auto repeats, with no lever key but the loss weight."""
-    return at_defaults_but(run, "tell_task_loss_weight")
-
-
 def is_default_tell(run: dict) -> bool:
     """A TELL run at the plugin's defaults: default ratio, today's auto repeats, every lever key at its default."""
     return levers_off_default(run) == set()
@@ -254,11 +249,6 @@ def lever_runs(runs: list[dict], lever: str) -> dict:
     return out
 
 
-def weight_runs(runs: list[dict]) -> dict:
-    """{(task, rows, seed): {weight: run}} for TELL runs that differ from the defaults in the loss weight alone."""
-    return lever_runs(runs, "tell_task_loss_weight")
-
-
 def sign_test(won: int, lost: int) -> float:
     """Exact two-sided sign test (McNemar) on the discordant rows: how often a fair coin splits this unevenly."""
     n, k = won + lost, min(won, lost)
@@ -308,11 +298,6 @@ def lever_choice(runs: list[dict], lever: str) -> str:
                      + " / ".join("–" if x is None else f"{x:+.3f}" for x in worst) + " | "
                      + " / ".join("–" if x is None else f"{x:.0f}" for x in steps) + " |")
     return "\n".join(lines) if len(lines) > 2 else ""
-
-
-def weight_choice(runs: list[dict]) -> str:
-    """The task loss weight's table (``lever_choice``): how the default weight was chosen."""
-    return lever_choice(runs, "tell_task_loss_weight")
 
 
 def plot(runs: list[dict], path: Path) -> Path | None:
