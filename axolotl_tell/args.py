@@ -133,6 +133,15 @@ class TellArgs(BaseModel):
             f"(default {DEFAULT_TASK_LOSS_WEIGHT:g}; 1 with a memory-saving loss or `tell_source_metrics: false`)."
         },
     )
+    tell_task_loss_share: float | None = Field(
+        default=None,
+        json_schema_extra={
+            "description": "Instead of a weight: task tokens get this fixed share of every micro-batch's training "
+            "loss, general tokens the rest, each source averaged over its own tokens (e.g. 0.75). A micro-batch "
+            "with one source only trains on the plain loss. Not with `tell_task_loss_weight`; eval is never "
+            "reweighted (default: off, the weight applies)."
+        },
+    )
     tell_task_eval_rows: int | None = Field(
         default=0,
         json_schema_extra={"description": "Hold out this many task rows (seeded) as a task-only eval set."},
@@ -355,9 +364,32 @@ def _check_task_loss_weight(cfg: dict) -> None:
               "could not be applied", f"remove `{fused[0]}`, or set `tell_task_loss_weight: 1`")
 
 
+def _check_task_loss_share(cfg: dict) -> None:
+    """`tell_task_loss_share` reweights the per-token, source-aware loss like the weight does, so it needs the
+    same, and replaces the weight: both set would leave the user unsure which applied."""
+    share = cfg.get("tell_task_loss_share")
+    if share is None:
+        return
+    if isinstance(share, bool) or not isinstance(share, (int, float)) or not math.isfinite(share) \
+            or not 0 < share < 1:
+        _fail("tell_task_loss_share", f"must be a number between 0 and 1 (exclusive), got {share!r}",
+              "e.g. `tell_task_loss_share: 0.75` (the task's share of every step's loss)")
+    if cfg.get("tell_task_loss_weight") is not None:
+        _fail("tell_task_loss_share", "it replaces `tell_task_loss_weight`, which is set too",
+              "keep one of the two keys")
+    if cfg.get("tell_source_metrics") is False:
+        _fail("tell_task_loss_share", "the share is applied by the per-source loss, which "
+              "`tell_source_metrics: false` turns off", "remove `tell_source_metrics: false`, or the share")
+    fused = [key for key in MEMORY_SAVING_LOSS_KEYS + LOSS_REPLACING_KEYS if cfg.get(key)]
+    if fused:
+        _fail(fused[0], f"a fused, chunked or replaced loss gives no per-token losses, so `tell_task_loss_share: "
+              f"{share}` could not be applied", f"remove `{fused[0]}`, or `tell_task_loss_share`")
+
+
 def _check_training_paths(cfg: dict) -> None:
     """Axolotl training paths that would undo the plan or break the per-source loss: refused before any data."""
     _check_task_loss_weight(cfg)
+    _check_task_loss_share(cfg)
     if cfg.get("balance_labels"):  # axolotl >= 0.21: replaces the sequential sampler (unpacked) or fails (packed)
         _fail("balance_labels", "it reorders rows by label and replaces the planned order",
               "remove `balance_labels`; TELL's even spread already balances task and general rows")
@@ -504,6 +536,14 @@ def resolved_task_loss_weight(cfg) -> float:
     weight = cfg.get("tell_task_loss_weight")
     if weight is not None:
         return float(weight)
+    if cfg.get("tell_task_loss_share") is not None:
+        return 1.0  # the share replaces the weight
     if cfg.get("tell_source_metrics") is False or any(cfg.get(k) for k in MEMORY_SAVING_LOSS_KEYS + LOSS_REPLACING_KEYS):
         return 1.0
     return DEFAULT_TASK_LOSS_WEIGHT
+
+
+def resolved_task_loss_share(cfg) -> float | None:
+    """The task's fixed share of each micro-batch's training loss, or None (off: the weight applies)."""
+    share = cfg.get("tell_task_loss_share")
+    return None if share is None else float(share)

@@ -11,7 +11,7 @@ import logging
 import traceback
 from pathlib import Path
 
-from axolotl_tell.args import resolved_task_loss_weight
+from axolotl_tell.args import resolved_task_loss_share, resolved_task_loss_weight
 from axolotl_tell.report import INFERENCE_FILE, REPORT_FILE, trained_section, write_json
 
 LOG = logging.getLogger("axolotl.tell")
@@ -24,6 +24,7 @@ def finish_run(plugin, cfg, model, main: bool = True) -> None:
     report = dict(plugin.prepared.report)
     report["trained"] = trained_section(report, plugin.trained, plugin.steps_planned, cfg.get("max_steps"))
     report["trained"]["task_loss_weight"] = resolved_task_loss_weight(cfg)
+    report["trained"]["task_loss_share"] = resolved_task_loss_share(cfg)
     _guarded("the run's record (tell_report.json, tell.json)", out, lambda: _write_record(out, report, plugin.spec))
     if not main:  # another node's main process: its output_dir gets the record, the work below is rank 0's
         return

@@ -178,6 +178,26 @@ class SourceLossMeter:
         is_task = (kinds == KINDS.index("task")) & (sources < kind_of.numel())
         return torch.where(is_task, task_weight, 1.0).float()
 
+    def share_weights(self, sources: torch.Tensor, supervised: torch.Tensor, task_share: float) -> torch.Tensor:
+        """Per-token weights that give task tokens ``task_share`` of the micro-batch's loss and general tokens the
+        rest, each source averaged over its own supervised tokens; all 1 where one source is missing.
+
+        With ``N`` supervised task + general tokens, ``n_task`` of them task: task tokens weigh ``share * N /
+        n_task``, general ones ``(1 - share) * N / n_general``, so the weighted sum over ``N`` is
+        ``share * mean(task) + (1 - share) * mean(general)``. No host sync: the counts stay on the device.
+        """
+        kind_of = self.kind_of.to(sources.device)
+        sources = sources.long()
+        known = (sources >= 0) & (sources < kind_of.numel()) & supervised
+        kinds = torch.where(known, kind_of[sources.clamp(min=0, max=kind_of.numel() - 1)], -1)
+        is_task, is_general = kinds == KINDS.index("task"), kinds == KINDS.index("general")
+        n_task, n_general = is_task.sum().float(), is_general.sum().float()
+        both = (n_task > 0) & (n_general > 0)
+        total = n_task + n_general
+        task_w = torch.where(both, task_share * total / n_task.clamp(min=1), 1.0)
+        general_w = torch.where(both, (1 - task_share) * total / n_general.clamp(min=1), 1.0)
+        return torch.where(is_task, task_w, torch.where(is_general, general_w, 1.0)).float()
+
     def _accumulate(self, split: str, sums: torch.Tensor) -> None:
         # stays on the device: no host sync per micro-batch, only at logging time
         if self.sums[split].device != sums.device:
@@ -244,11 +264,23 @@ class SourceAwareCausalLMLoss:
     ``task_weight`` (``tell_task_loss_weight``): in training, each task token's loss is multiplied by it before
     the sum; the denominator stays the supervised token count, so 1 is exactly the stock loss. In a TELL mix
     the task's tokens are ~1/(1 + ratio) of the loss; the weight raises their share without changing the data.
+    ``task_share`` (``tell_task_loss_share``, instead of a weight): the task's share of each micro-batch's loss
+    is fixed, whatever the lengths of the general rows in it (:meth:`SourceLossMeter.share_weights`).
     """
 
-    def __init__(self, meter: SourceLossMeter, default, task_weight: float = 1.0):
+    def __init__(self, meter: SourceLossMeter, default, task_weight: float = 1.0, task_share: float | None = None):
         self.meter, self.default, self.task_weight = meter, default, float(task_weight)
+        self.task_share = None if task_share is None else float(task_share)
         self.pending: tuple[torch.Tensor, str] | None = None
+
+    @property
+    def reweights(self) -> bool:
+        """Whether the training loss differs from the stock one (a weight or a share)."""
+        return self.task_weight != 1.0 or self.task_share is not None
+
+    def describe(self) -> str:
+        return (f"tell_task_loss_share: {self.task_share:g}" if self.task_share is not None
+                else f"tell_task_loss_weight: {self.task_weight:g}")
 
     def __call__(self, logits, labels, vocab_size: int, num_items_in_batch=None, ignore_index: int = -100,
                  shift_labels=None, **kwargs):
@@ -265,7 +297,10 @@ class SourceAwareCausalLMLoss:
                                                        ignore_index=ignore_index, reduction="none")
         shift_sources = torch.nn.functional.pad(source_ids.to(logits.device), (0, 1), value=-1)[..., 1:].reshape(-1)
         self.meter.add_token_losses(token_loss.detach(), shift_labels, shift_sources, split)
-        if split == "train" and self.task_weight != 1.0:
+        if split == "train" and self.task_share is not None:
+            token_loss = token_loss * self.meter.share_weights(shift_sources, shift_labels != ignore_index,
+                                                               self.task_share)
+        elif split == "train" and self.task_weight != 1.0:
             token_loss = token_loss * self.meter.token_weights(shift_sources, self.task_weight)
         if num_items_in_batch is not None:
             if torch.is_tensor(num_items_in_batch):
@@ -284,7 +319,8 @@ def is_stock_causal_lm_loss(fn) -> bool:
             and getattr(fn, "__name__", None) == "ForCausalLMLoss")
 
 
-def install_source_loss(model, meter: SourceLossMeter, task_weight: float = 1.0) -> SourceAwareCausalLMLoss | None:
+def install_source_loss(model, meter: SourceLossMeter, task_weight: float = 1.0,
+                        task_share: float | None = None) -> SourceAwareCausalLMLoss | None:
     """Put :class:`SourceAwareCausalLMLoss` on the transformers model inside ``model`` (PEFT/DeepSpeed unwrapped).
 
     Only where the model uses transformers' stock causal-LM loss; otherwise None (the caller falls back
@@ -301,7 +337,7 @@ def install_source_loss(model, meter: SourceLossMeter, task_weight: float = 1.0)
     stock = getattr(inner, "loss_function", None)
     if not is_stock_causal_lm_loss(stock):
         return None
-    loss = SourceAwareCausalLMLoss(meter, stock, task_weight)
+    loss = SourceAwareCausalLMLoss(meter, stock, task_weight, task_share)
     inner.loss_function = loss
     return loss
 
@@ -347,23 +383,27 @@ def _eval_geometry(trainer) -> _EvalGeometry | None:
 
 
 def attach(trainer, meter: SourceLossMeter, *, keep_model_loss: bool = False, replicas: int = 1,
-           task_loss_weight: float = 1.0) -> None:
+           task_loss_weight: float = 1.0, task_loss_share: float | None = None) -> None:
     """Wrap the trainer's collators, ``compute_loss``, ``evaluate`` and ``log`` (instance-level; any trainer class).
 
     ``keep_model_loss``: the user chose a memory-saving loss (chunked / Liger / cut cross-entropy): leave it in
     place and score the returned logits in bounded chunks. ``replicas``: ranks that see the same tokens.
-    ``task_loss_weight``: see :class:`SourceAwareCausalLMLoss`; it needs the stock loss (else an error here).
+    ``task_loss_weight``, ``task_loss_share``: see :class:`SourceAwareCausalLMLoss`; they need the stock loss (else
+    an error here).
     """
     trainer.data_collator = SourceIdsCollator(trainer.data_collator)
     if getattr(trainer, "eval_data_collator", None) is not None:
         trainer.eval_data_collator = SourceIdsCollator(trainer.eval_data_collator, split="eval")
     compute_loss, log, evaluate = trainer.compute_loss, trainer.log, trainer.evaluate
     warned = []
-    source_loss = None if keep_model_loss else install_source_loss(trainer.model, meter, task_loss_weight)
-    if source_loss is None and task_loss_weight != 1.0:
+    source_loss = None if keep_model_loss else install_source_loss(trainer.model, meter, task_loss_weight,
+                                                                   task_loss_share)
+    if source_loss is None and (task_loss_weight != 1.0 or task_loss_share is not None):
+        lever = (f"tell_task_loss_share: {task_loss_share:g}" if task_loss_share is not None
+                 else f"tell_task_loss_weight: {task_loss_weight:g}")
         raise TellTrainingError(
-            f"tell_task_loss_weight: {task_loss_weight:g} needs transformers' stock causal-LM loss, but this model "
-            "computes its own (a fused or custom loss). Fix: set `tell_task_loss_weight: 1`, or remove the key that "
+            f"{lever} needs transformers' stock causal-LM loss, but this model computes its own (a fused or custom "
+            "loss). Fix: set `tell_task_loss_weight: 1` (and no `tell_task_loss_share`), or remove the key that "
             "replaces the loss")
     LOG.info("[axolotl_tell] per-source loss: %s", "from the training loss's per-token cross-entropy"
              if source_loss is not None else "from the returned logits, scored in chunks (the model keeps its own "
@@ -388,13 +428,13 @@ def attach(trainer, meter: SourceLossMeter, *, keep_model_loss: bool = False, re
             return (loss, outputs) if return_outputs else loss
         if source_loss is not None:
             source_loss.pending = None
-            if split == "train" and source_loss.task_weight != 1.0:
+            if split == "train" and source_loss.reweights:
                 # labels were taken away before the forward (a compute_loss_func such as Axolotl's EAFT): the
                 # loss was computed elsewhere, without the weight; never train on as if it had been applied
                 raise TellTrainingError(
-                    f"tell_task_loss_weight: {source_loss.task_weight:g} was not applied: the training loss was "
-                    "computed outside the model (a `compute_loss_func`, e.g. `use_eaft`). Fix: set "
-                    "`tell_task_loss_weight: 1`, or remove what replaces the loss")
+                    f"{source_loss.describe()} was not applied: the training loss was computed outside the model "
+                    "(a `compute_loss_func`, e.g. `use_eaft`). Fix: set `tell_task_loss_weight: 1` (and no "
+                    "`tell_task_loss_share`), or remove what replaces the loss")
         logits = getattr(outputs, "logits", None) if not isinstance(outputs, dict) else outputs.get("logits")
         if logits is None or logits.dim() != 3 or labels is None:
             if not warned:

@@ -13,7 +13,8 @@ from pathlib import Path
 from transformers import TrainerCallback
 
 from axolotl_tell import compat
-from axolotl_tell.args import DEFAULT_TASK_LOSS_WEIGHT, MEMORY_SAVING_LOSS_KEYS, resolved_task_loss_weight
+from axolotl_tell.args import (DEFAULT_TASK_LOSS_WEIGHT, MEMORY_SAVING_LOSS_KEYS, resolved_task_loss_share,
+                               resolved_task_loss_weight)
 from axolotl_tell.report import INFERENCE_FILE, write_json
 
 LOG = logging.getLogger("axolotl.tell")
@@ -34,13 +35,18 @@ def prepare_trainer(plugin, cfg, trainer) -> None:
         plugin.meter_replicas = int(cfg.get("tensor_parallel_size") or 1)  # TP ranks see the same tokens
         keep = [key for key in MEMORY_SAVING_LOSS_KEYS if cfg.get(key)]
         weight = resolved_task_loss_weight(cfg)
-        if cfg.get("tell_task_loss_weight") is None and weight != DEFAULT_TASK_LOSS_WEIGHT:
+        share = resolved_task_loss_share(cfg)
+        if share is not None:
+            LOG.info("[axolotl_tell] task loss share: %g (task tokens get %g of every micro-batch's training loss, "
+                     "general tokens the rest)", share, share)
+        elif cfg.get("tell_task_loss_weight") is None and weight != DEFAULT_TASK_LOSS_WEIGHT:
             LOG.warning("[axolotl_tell] the default tell_task_loss_weight (%g) does not apply with a memory-saving "
                         "or replaced loss: task tokens count once", DEFAULT_TASK_LOSS_WEIGHT)
-        LOG.info("[axolotl_tell] task loss weight: %g (each supervised task token counts %g times in training)",
-                 weight, weight)
+        else:
+            LOG.info("[axolotl_tell] task loss weight: %g (each supervised task token counts %g times in training)",
+                     weight, weight)
         attach(trainer, plugin.meter, keep_model_loss=bool(keep), replicas=plugin.meter_replicas,
-               task_loss_weight=weight)
+               task_loss_weight=weight, task_loss_share=share)
     trainer.add_callback(_RecordTrained(plugin))
     trainer.add_callback(_SpecIntoCheckpoints(plugin, cfg))
     if cfg.get("tell_eval_generate") and plugin.prepared.eval_raw:

@@ -209,6 +209,7 @@ class Bench:
                        general_rows_used=rep["general"]["rows_used"], general_ratio_achieved=rep["ratio"]["achieved"],
                        plan_sha256=rep["plan_sha256"], epochs=1, anchor=rep["anchor"]["text"],
                        task_loss_weight=(rep.get("trained") or {}).get("task_loss_weight", 1.0),
+                       task_loss_share=(rep.get("trained") or {}).get("task_loss_share"),
                        anchor_source=rep["anchor"]["source"],
                        steps=facts["steps_logged"] or axo.steps_per_epoch(rep["rows_total"], rows_per_step), **facts)
             adapter = d / "out"

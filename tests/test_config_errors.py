@@ -49,6 +49,13 @@ CASES = [
     ("loss weight with chunked CE", {"tell_task_loss_weight": 4, "chunked_cross_entropy": True},
      "chunked_cross_entropy"),
     ("loss weight with EAFT", {"tell_task_loss_weight": 4, "use_eaft": True}, "use_eaft"),
+    ("loss share one", {"tell_task_loss_share": 1}, "tell_task_loss_share"),
+    ("loss share word", {"tell_task_loss_share": "most"}, "tell_task_loss_share"),
+    ("loss share and weight", {"tell_task_loss_share": 0.75, "tell_task_loss_weight": 4}, "tell_task_loss_share"),
+    ("loss share without metrics", {"tell_task_loss_share": 0.75, "tell_source_metrics": False},
+     "tell_task_loss_share"),
+    ("loss share with chunked CE", {"tell_task_loss_share": 0.75, "chunked_cross_entropy": True},
+     "chunked_cross_entropy"),
 ]
 
 

@@ -18,7 +18,8 @@ def defaults_at_ratio_3_weight_3(monkeypatch):
     import tellbench.frontier as frontier
 
     monkeypatch.setattr(frontier, "plugin_defaults", lambda: {
-        "tell_general_ratio": 3.0, "tell_task_repeats": "auto", "tell_task_loss_weight": 3.0, "tell_spread": "even"})
+        "tell_general_ratio": 3.0, "tell_task_repeats": "auto", "tell_task_loss_weight": 3.0, "tell_spread": "even",
+        "tell_task_loss_share": "off"})
 
 
 def test_the_reading_follows_the_plugins_defaults(monkeypatch):
@@ -238,3 +239,20 @@ def test_compare_devices_lines_up_the_seeds_both_machines_ran(tmp_path):
     assert rows[:2] == ["| qf | 10 | TELL (defaults) | 1 | 0.90 | 0.95 | -0.100 | -0.100 |",
                         "| qf | 10 | sft_best | 1 | 0.80 | 0.85 | +1.000 | +1.000 |"]
     assert "| qf | 10 | TELL (defaults) | 1 | 0.900 | 0.950 |" in rows
+
+
+def test_a_task_loss_share_run_is_one_lever_paired_with_the_default_weight_run():
+    """A share run's weight resolves to 1: it differs from the defaults by the share alone (the share replaces the
+    weight), so it pairs with the default run, and it is neither a default run nor a weight-lever run."""
+    from tellbench.frontier import at_defaults_but, lever_choice
+
+    qf = "question_formation"
+    default = weighted(qf, 10, 0, 3.0, 0.80, 0.90, 1.5)
+    share = {**weighted(qf, 10, 0, 1.0, 0.85, 0.95, 1.52), "task_loss_share": 0.75,
+             "tell_keys": {**default["tell_keys"], "tell_task_loss_share": 0.75}}
+    assert tell_label(share) == "TELL g3 share0.75" and not is_default_tell(share)
+    assert at_defaults_but(share, "tell_task_loss_share") and not at_defaults_but(share, "tell_task_loss_weight")
+    assert lever_choice([default, share], "tell_task_loss_weight") == ""
+    row = [line for line in lever_choice([default, share], "tell_task_loss_share").splitlines()
+           if line.startswith("| 0.75 |")]
+    assert len(row) == 1 and "QF10/s0 +0.05" in row[0]

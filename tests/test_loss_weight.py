@@ -1,4 +1,4 @@
-"""`tell_task_loss_weight` resolution (pure; the loss itself: tests/test_source_metrics.py)."""
+"""`tell_task_loss_weight` and `tell_task_loss_share` resolution (pure; the loss itself: tests/test_source_metrics.py)."""
 
 from __future__ import annotations
 
@@ -14,3 +14,12 @@ def test_the_default_task_loss_weight_steps_aside_for_a_fused_loss(monkeypatch):
     for key in ("chunked_cross_entropy", "liger_fused_linear_cross_entropy", "cut_cross_entropy", "use_eaft"):
         assert args.resolved_task_loss_weight({key: True}) == 1.0, key
     assert args.resolved_task_loss_weight({"tell_source_metrics": False}) == 1.0
+
+
+def test_a_task_loss_share_replaces_the_default_weight():
+    """With a share the weight resolves to 1 (the share alone reweights the loss); without one the share is off."""
+    from axolotl_tell import args
+
+    assert args.resolved_task_loss_weight({"tell_task_loss_share": 0.75}) == 1.0
+    assert args.resolved_task_loss_share({"tell_task_loss_share": 0.75}) == 0.75
+    assert args.resolved_task_loss_share({}) is None

@@ -339,6 +339,50 @@ def test_task_loss_weight_multiplies_task_tokens_in_training_only(model_and_toke
     assert math.isclose(float(model(**batch, **kwargs).loss), (task[0] + general[0]) / denominator, rel_tol=1e-5)
 
 
+@pytest.mark.parametrize("num_items", [None, 7])
+def test_task_loss_share_gives_the_task_a_fixed_share_of_the_training_loss(model_and_tokenizer, num_items):
+    """loss = N / denominator * (share * mean task CE + (1 - share) * mean general CE), N the micro-batch's
+    supervised tokens: against a hand sum. Eval and the logged per-source losses stay plain."""
+    from transformers import AutoModelForCausalLM
+
+    from axolotl_tell.source_metrics import install_source_loss
+
+    batch, source_ids, kwargs = _padded_batch(model_and_tokenizer[1], num_items)
+    model = AutoModelForCausalLM.from_pretrained(model_and_tokenizer[0].name_or_path)
+    meter = SourceLossMeter(KINDS)
+    source_loss = install_source_loss(model, meter, task_share=0.8)
+    with torch.no_grad():
+        logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits
+    task, general = (0.0, 0), (0.0, 0)
+    for row in range(logits.shape[0]):
+        sums = _hand(logits[row], batch["labels"][row], source_ids[row].tolist())
+        task = (task[0] + sums["task"][0], task[1] + sums["task"][1])
+        general = (general[0] + sums["general"][0], general[1] + sums["general"][1])
+    assert task[1] and general[1] and task[1] != general[1]  # unequal counts: a plain mean would not pass
+    n = task[1] + general[1]
+    denominator = num_items if num_items is not None else n
+    want = n / denominator * (0.8 * task[0] / task[1] + 0.2 * general[0] / general[1])
+    source_loss.pending = (source_ids, "train")
+    assert math.isclose(float(model(**batch, **kwargs).loss), want, rel_tol=1e-5)
+    logged = meter.pop("train")
+    assert math.isclose(logged["tell/task_loss"], task[0] / task[1], rel_tol=1e-5)
+    source_loss.pending = (source_ids, "eval")
+    assert math.isclose(float(model(**batch, **kwargs).loss), (task[0] + general[0]) / denominator, rel_tol=1e-5)
+
+
+def test_task_loss_share_leaves_a_one_source_micro_batch_plain():
+    """No task token (or no general one): the share cannot hold, so every token weighs 1, never a division by 0."""
+    meter = SourceLossMeter(KINDS)
+    general_only = torch.tensor([[0, 2, 0, -1]])  # KINDS: 1 is the task, 0 and 2 general
+    supervised = torch.tensor([[True, True, False, False]])
+    assert meter.share_weights(general_only, supervised, 0.75).tolist() == [[1.0, 1.0, 1.0, 1.0]]
+    mixed = torch.tensor([[1, 0, 2, 0, -1]])
+    supervised = torch.tensor([[True, True, True, False, True]])  # the unsupervised general token is not counted
+    weights = meter.share_weights(mixed, supervised, 0.75)[0].tolist()
+    assert weights[0] == pytest.approx(0.75 * 3 / 1) and weights[1] == pytest.approx(0.25 * 3 / 2)
+    assert weights[4] == 1.0
+
+
 def test_task_loss_weight_without_the_stock_loss_is_an_error(model_and_tokenizer):
     from types import SimpleNamespace
 
@@ -359,6 +403,8 @@ def test_task_loss_weight_without_the_stock_loss_is_an_error(model_and_tokenizer
     trainer = Trainer(model=model, data_collator=lambda f: f, args=SimpleNamespace(world_size=1))
     with pytest.raises(TellTrainingError, match="tell_task_loss_weight"):
         attach(trainer, SourceLossMeter(KINDS), keep_model_loss=True, task_loss_weight=2.0)
+    with pytest.raises(TellTrainingError, match="tell_task_loss_share: 0.75 needs"):
+        attach(trainer, SourceLossMeter(KINDS), keep_model_loss=True, task_loss_share=0.75)
 
 
 def test_task_loss_weight_not_applied_by_a_loss_computed_elsewhere_is_an_error(model_and_tokenizer):

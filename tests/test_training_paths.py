@@ -137,3 +137,13 @@ def test_bf16_on_a_cpu_only_machine_trains_with_a_task_loss_weight(tiny_model, t
     trained = json.loads((out / "tell_report.json").read_text())["trained"]
     assert trained["complete"] and trained["task_loss_weight"] == 3.0
     assert (out / "adapter_model.safetensors").is_file()
+
+
+def test_a_task_loss_share_reaches_axolotl_train_and_the_record(tiny_model, tmp_path):
+    """`tell_task_loss_share` passes Axolotl's config schema, reaches the loss (logged) and the run's record; the
+    weight then resolves to 1 (the share replaces it)."""
+    cfg_path, cfg = make_workspace(tmp_path, tiny_model, tell_task_loss_share=0.75)
+    log = _axolotl("train", str(cfg_path), cwd=tmp_path)
+    assert "task loss share: 0.75" in log
+    trained = json.loads((Path(cfg["output_dir"]) / "tell_report.json").read_text())["trained"]
+    assert trained["complete"] and trained["task_loss_share"] == 0.75 and trained["task_loss_weight"] == 1.0

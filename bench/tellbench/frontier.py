@@ -24,6 +24,8 @@ def plugin_defaults() -> dict:
 
     return {"tell_general_ratio": float(DEFAULT_GENERAL_RATIO), "tell_task_repeats": "auto",
             "tell_task_loss_weight": float(DEFAULT_TASK_LOSS_WEIGHT),
+            "tell_task_loss_share": "off" if TellArgs.model_fields["tell_task_loss_share"].default is None
+            else float(TellArgs.model_fields["tell_task_loss_share"].default),
             "tell_spread": TellArgs.model_fields["tell_spread"].default}
 
 
@@ -39,6 +41,12 @@ def loss_weight(run: dict) -> float:
     return float((run.get("tell_keys") or {}).get("tell_task_loss_weight", 1.0))
 
 
+def loss_share(run: dict) -> str:
+    """The task's fixed loss share a TELL run trained with (`tell_task_loss_share`), "off" where the weight applied."""
+    share = run.get("task_loss_share", (run.get("tell_keys") or {}).get("tell_task_loss_share"))
+    return "off" if share is None else f"{float(share):g}"
+
+
 def default_repeats(run: dict) -> int:
     """The repeats ``tell_task_repeats: auto`` gives this run's row count today (the rule changed in issue 13)."""
     from axolotl_tell.plan import auto_task_repeats
@@ -51,7 +59,9 @@ def tell_label(run: dict) -> str:
     label = f"TELL g{run['general_ratio']:g}"
     if run.get("task_repeats") is not None and int(run["task_repeats"]) != default_repeats(run):
         label += f" r{int(run['task_repeats'])}"  # the repeats it ran with, where today's auto gives others
-    if weight != 1.0:
+    if loss_share(run) != "off":
+        label += f" share{loss_share(run)}"
+    elif weight != 1.0:
         label += f" w{weight:g}"
     if spread(run) != plugin_defaults()["tell_spread"]:
         label += f" {spread(run)}"
@@ -68,7 +78,8 @@ BENCH_TELL_KEYS = {"tell_task_datasets", "tell_anchor", "tell_anchor_placement",
 # The levers a run may move off the defaults, one at a time: how to read each from a run, and its name in tables.
 LEVERS = {"tell_task_loss_weight": ("weight", loss_weight),
           "tell_general_ratio": ("ratio", lambda run: float(run["general_ratio"])),
-          "tell_spread": ("spread", spread)}
+          "tell_spread": ("spread", spread),
+          "tell_task_loss_share": ("task loss share", loss_share)}
 
 
 def levers_off_default(run: dict) -> set | None:
@@ -83,7 +94,10 @@ def levers_off_default(run: dict) -> set | None:
     if {k for k in (run.get("tell_keys") or {}) if k not in BENCH_TELL_KEYS} - set(LEVERS):
         return None
     want = plugin_defaults()
-    return {key for key, (_, value) in LEVERS.items() if value(run) != want[key]}
+    off = {key for key, (_, value) in LEVERS.items() if value(run) != want[key]}
+    if loss_share(run) != "off":  # the share replaces the weight (which then resolves to 1): one lever, not two
+        off.discard("tell_task_loss_weight")
+    return off
 
 
 def at_defaults_but(run: dict, lever: str) -> bool:

@@ -213,7 +213,8 @@ def write(results_path: Path) -> str:
                          f"{frontier.LOSS_TOLERANCE:g} nats of the base model's.\n\n" + frontier.goal(runs) + "\n\n"
                          + (f"![frontier]({picture.name})\n\n" if picture else ""))
         for lever, title in (("tell_task_loss_weight", "Task loss weight"), ("tell_general_ratio", "General ratio"),
-                             ("tell_spread", "Spread")):
+                             ("tell_spread", "Spread"),
+                             ("tell_task_loss_share", "Task loss share (instead of the weight)")):
             choice = frontier.lever_choice(runs, lever)
             if choice:  # a default is chosen on validation rows, as sft_best's epoch is
                 frontier_part += (f"## {title}, chosen on validation rows\n\nEach value against the current "
