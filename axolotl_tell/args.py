@@ -353,15 +353,20 @@ def _check_task_loss_weight(cfg: dict) -> None:
             or not 0 < weight <= MAX_TASK_LOSS_WEIGHT:
         _fail("tell_task_loss_weight", f"must be a number > 0 and <= {MAX_TASK_LOSS_WEIGHT:g}, got {weight!r}",
               "e.g. `tell_task_loss_weight: 4` (1 = the plain loss)")
-    if float(weight) == 1.0:
-        return
+    if float(weight) != 1.0:
+        _check_per_token_loss(cfg, "tell_task_loss_weight", weight, "weight", "set `tell_task_loss_weight: 1`")
+
+
+def _check_per_token_loss(cfg: dict, key: str, value, what: str, undo: str) -> None:
+    """A key that reweights the per-token, source-aware loss needs that loss: the per-source metrics on and
+    transformers' stock cross-entropy (a memory-saving or replaced loss never gives per-token losses)."""
     if cfg.get("tell_source_metrics") is False:
-        _fail("tell_task_loss_weight", "the weight is applied by the per-source loss, which "
-              "`tell_source_metrics: false` turns off", "remove `tell_source_metrics: false`, or the weight")
-    fused = [key for key in MEMORY_SAVING_LOSS_KEYS + LOSS_REPLACING_KEYS if cfg.get(key)]
+        _fail(key, f"the {what} is applied by the per-source loss, which `tell_source_metrics: false` turns off",
+              f"remove `tell_source_metrics: false`, or the {what}")
+    fused = [k for k in MEMORY_SAVING_LOSS_KEYS + LOSS_REPLACING_KEYS if cfg.get(k)]
     if fused:
-        _fail(fused[0], f"a fused, chunked or replaced loss gives no per-token losses, so `tell_task_loss_weight: {weight}` "
-              "could not be applied", f"remove `{fused[0]}`, or set `tell_task_loss_weight: 1`")
+        _fail(fused[0], f"a fused, chunked or replaced loss gives no per-token losses, so `{key}: {value}` "
+              "could not be applied", f"remove `{fused[0]}`, or {undo}")
 
 
 def _check_task_loss_share(cfg: dict) -> None:
@@ -377,13 +382,7 @@ def _check_task_loss_share(cfg: dict) -> None:
     if cfg.get("tell_task_loss_weight") is not None:
         _fail("tell_task_loss_share", "it replaces `tell_task_loss_weight`, which is set too",
               "keep one of the two keys")
-    if cfg.get("tell_source_metrics") is False:
-        _fail("tell_task_loss_share", "the share is applied by the per-source loss, which "
-              "`tell_source_metrics: false` turns off", "remove `tell_source_metrics: false`, or the share")
-    fused = [key for key in MEMORY_SAVING_LOSS_KEYS + LOSS_REPLACING_KEYS if cfg.get(key)]
-    if fused:
-        _fail(fused[0], f"a fused, chunked or replaced loss gives no per-token losses, so `tell_task_loss_share: "
-              f"{share}` could not be applied", f"remove `{fused[0]}`, or `tell_task_loss_share`")
+    _check_per_token_loss(cfg, "tell_task_loss_share", share, "share", "remove `tell_task_loss_share`")
 
 
 def _check_training_paths(cfg: dict) -> None:
