@@ -378,7 +378,7 @@ def _check_task_loss_share(cfg: dict) -> None:
     if isinstance(share, bool) or not isinstance(share, (int, float)) or not math.isfinite(share) \
             or not 0 < share < 1:
         _fail("tell_task_loss_share", f"must be a number between 0 and 1 (exclusive), got {share!r}",
-              "e.g. `tell_task_loss_share: 0.75` (the task's share of every step's loss)")
+              "e.g. `tell_task_loss_share: 0.75` (the task's share of each micro-batch's loss)")
     if cfg.get("tell_task_loss_weight") is not None:
         _fail("tell_task_loss_share", "it replaces `tell_task_loss_weight`, which is set too",
               "keep one of the two keys")
