@@ -42,11 +42,11 @@ step_seeds()     { for s in 1 2; do                                    # default
                      bench --sizes 30 --seeds $s --methods tell --ratios 3 --variants w10
                      bench --sizes 30 --seeds $s --methods zero_shot sft_best; done; }
 step_qf10()      { bench --sizes 10 --seeds 0 --methods tell --tasks question_formation --ratios 10 --variants - eq; }
-step_share()     { for s in 0 1; do for t in opinion_sentiment question_formation; do  # sixth session: the fixed
+step_share()     { for s in 0 1 2; do for t in opinion_sentiment question_formation; do  # sixth session: the fixed
                      bench --sizes 10 --seeds $s --tasks $t --methods tell --ratios 3 --variants share75  # loss share
-                   done; done                                                               # vs the weight
-                   bench --sizes 10 --seeds 1 --tasks opinion_sentiment --methods tell --ratios 20 --variants w10
-                   bench --sizes 30 --seeds 0 --tasks opinion_sentiment --methods tell --ratios 3 --variants share75; }
+                   done; done                                                                 # vs the weight
+                   bench --sizes 30 --seeds 0 --tasks opinion_sentiment --methods tell --ratios 3 --variants share75
+                   bench --sizes 10 --seeds 1 --tasks opinion_sentiment --methods tell --ratios 20 --variants w10; }
 step_ratio20()   { bench --sizes 10 --seeds 0 --tasks opinion_sentiment --methods tell --ratios 20 --variants w10; }
 step_ratio50()   { bench --sizes 10 --ratios 50; }                           # 270-620 steps a run: ~1 h each here
 # Wait for a bench already running (one torch job at a time), then go on.
