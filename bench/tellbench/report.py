@@ -219,7 +219,9 @@ def write(results_path: Path) -> str:
             if choice:  # a default is chosen on validation rows, as sft_best's epoch is
                 frontier_part += (f"## {title}, chosen on validation rows\n\nEach value against the current "
                                   "default on the same task, rows and seed (everything else at the defaults); the "
-                                  "validation rows are never trained on nor reported as the test score.\n\n"
+                                  "validation rows are never trained on nor reported as the test score."
+                                  + (" `off` = no share: the default task loss weight applies."
+                                     if lever == "tell_task_loss_share" else "") + "\n\n"
                                   + choice + "\n\n")
     anchor_table = anchors(runs)
     anchor_part = f"Anchors the TELL runs trained with:\n\n{anchor_table}\n\n" if anchor_table else ""
