@@ -134,6 +134,9 @@ class TellArgs(BaseModel):
         },
     )
     tell_task_loss_share: float | None = Field(
+        # off by default: share 0.75 vs the default weight 10, 7 paired runs (issue 13, bench/results/frontier_cpu.md
+        # "Task loss share"): validation +0.020 (rows +14/-7, sign test p = 0.19), test -0.009: a tie, so the
+        # weight stays the default and the share an option
         default=None,
         json_schema_extra={
             "description": "Instead of a weight: task tokens get this fixed share of every micro-batch's training "
