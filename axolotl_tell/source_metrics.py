@@ -279,8 +279,7 @@ class SourceAwareCausalLMLoss:
         return self.task_weight != 1.0 or self.task_share is not None
 
     def describe(self) -> str:
-        return (f"tell_task_loss_share: {self.task_share:g}" if self.task_share is not None
-                else f"tell_task_loss_weight: {self.task_weight:g}")
+        return _reweighting(self.task_weight, self.task_share)
 
     def __call__(self, logits, labels, vocab_size: int, num_items_in_batch=None, ignore_index: int = -100,
                  shift_labels=None, **kwargs):
@@ -307,6 +306,12 @@ class SourceAwareCausalLMLoss:
                 num_items_in_batch = num_items_in_batch.to(token_loss.device)
             return token_loss.sum() / num_items_in_batch
         return token_loss.sum() / (shift_labels != ignore_index).sum()
+
+
+def _reweighting(task_weight: float, task_share: float | None) -> str:
+    """The key and value that reweight the training loss, as the user wrote them (for error messages)."""
+    return (f"tell_task_loss_share: {task_share:g}" if task_share is not None
+            else f"tell_task_loss_weight: {task_weight:g}")
 
 
 def is_stock_causal_lm_loss(fn) -> bool:
@@ -399,10 +404,8 @@ def attach(trainer, meter: SourceLossMeter, *, keep_model_loss: bool = False, re
     source_loss = None if keep_model_loss else install_source_loss(trainer.model, meter, task_loss_weight,
                                                                    task_loss_share)
     if source_loss is None and (task_loss_weight != 1.0 or task_loss_share is not None):
-        lever = (f"tell_task_loss_share: {task_loss_share:g}" if task_loss_share is not None
-                 else f"tell_task_loss_weight: {task_loss_weight:g}")
         raise TellTrainingError(
-            f"{lever} needs transformers' stock causal-LM loss, but this model computes its own (a fused or custom "
+            f"{_reweighting(task_loss_weight, task_loss_share)} needs transformers' stock causal-LM loss, but this model computes its own (a fused or custom "
             "loss). Fix: set `tell_task_loss_weight: 1` (and no `tell_task_loss_share`), or remove the key that "
             "replaces the loss")
     LOG.info("[axolotl_tell] per-source loss: %s", "from the training loss's per-token cross-entropy"
