@@ -309,6 +309,18 @@ def test_logits_fallback_scores_in_bounded_chunks(model_and_tokenizer):
 # --- tell_task_loss_weight (issue 13's lever) ---
 
 
+def _hand_batch(model, batch, source_ids):
+    """(CE sum, tokens) of the task and of the general tokens over the whole batch, by :func:`_hand`."""
+    with torch.no_grad():
+        logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits
+    task, general = (0.0, 0), (0.0, 0)
+    for row in range(logits.shape[0]):
+        sums = _hand(logits[row], batch["labels"][row], source_ids[row].tolist())
+        task = (task[0] + sums["task"][0], task[1] + sums["task"][1])
+        general = (general[0] + sums["general"][0], general[1] + sums["general"][1])
+    return task, general
+
+
 @pytest.mark.parametrize("num_items", [None, 7])
 def test_task_loss_weight_multiplies_task_tokens_in_training_only(model_and_tokenizer, num_items):
     """loss = (w * sum task token CE + sum general token CE) / denominator, checked against a hand sum; eval and
@@ -321,13 +333,7 @@ def test_task_loss_weight_multiplies_task_tokens_in_training_only(model_and_toke
     model = AutoModelForCausalLM.from_pretrained(model_and_tokenizer[0].name_or_path)
     meter = SourceLossMeter(KINDS)
     source_loss = install_source_loss(model, meter, task_weight=4.0)
-    with torch.no_grad():
-        logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits
-    task, general = (0.0, 0), (0.0, 0)
-    for row in range(logits.shape[0]):
-        sums = _hand(logits[row], batch["labels"][row], source_ids[row].tolist())
-        task = (task[0] + sums["task"][0], task[1] + sums["task"][1])
-        general = (general[0] + sums["general"][0], general[1] + sums["general"][1])
+    task, general = _hand_batch(model, batch, source_ids)
     assert task[1] and general[1]
     denominator = num_items if num_items is not None else task[1] + general[1]
     source_loss.pending = (source_ids, "train")
@@ -351,13 +357,7 @@ def test_task_loss_share_gives_the_task_a_fixed_share_of_the_training_loss(model
     model = AutoModelForCausalLM.from_pretrained(model_and_tokenizer[0].name_or_path)
     meter = SourceLossMeter(KINDS)
     source_loss = install_source_loss(model, meter, task_share=0.8)
-    with torch.no_grad():
-        logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits
-    task, general = (0.0, 0), (0.0, 0)
-    for row in range(logits.shape[0]):
-        sums = _hand(logits[row], batch["labels"][row], source_ids[row].tolist())
-        task = (task[0] + sums["task"][0], task[1] + sums["task"][1])
-        general = (general[0] + sums["general"][0], general[1] + sums["general"][1])
+    task, general = _hand_batch(model, batch, source_ids)
     assert task[1] and general[1] and task[1] != general[1]  # unequal counts: a plain mean would not pass
     n = task[1] + general[1]
     denominator = num_items if num_items is not None else n
