@@ -168,6 +168,14 @@ class TellArgs(BaseModel):
             "out-of-memory)."
         },
     )
+    tell_keep_best: bool | None = Field(
+        default=False,
+        json_schema_extra={
+            "description": "Evaluate tell_eval_generate at evenly spaced steps (evals_per_epoch, default 7, and the "
+            "last step), save a checkpoint at each, and keep the one with the best task metric as the trained "
+            "adapter (load_best_model_at_end with metric_for_best_model eval_tell/<metric>)."
+        },
+    )
     tell_bake_anchor: bool | None = Field(
         default=False,
         json_schema_extra={"description": "Write the anchor into the saved chat template as the default system prompt."},
@@ -321,9 +329,10 @@ def validate_tell_config(cfg: dict) -> None:
         _fail("tell_general_streaming", "streamed general entries are interleaved row by row and tokenized with "
               "one prompt strategy, but `datasets:` has entries of different `type`s",
               "stream entries of one `type` (and the same columns), or set `tell_general_streaming: false`")
-    for key in ("tell_source_metrics", "tell_bake_anchor", "tell_general_streaming"):
+    for key in ("tell_source_metrics", "tell_bake_anchor", "tell_general_streaming", "tell_keep_best"):
         if cfg.get(key) is not None and not isinstance(cfg.get(key), bool):
             _fail(key, f"must be true or false, got {cfg.get(key)!r}", f"write `{key}: true` or `{key}: false`")
+    _check_keep_best(cfg)
     if cfg.get("tell_bake_anchor"):
         _check_bake(cfg, tasks)
     for key, fix in _UNSUPPORTED_WITH_TELL.items():
@@ -336,6 +345,56 @@ def validate_tell_config(cfg: dict) -> None:
     if cfg.get("sample_packing") and cfg.get("sample_packing_sequentially") is False:
         _fail("sample_packing_sequentially", "false would let the packer reorder the planned rows",
               "remove the key; the plugin turns it on with sample_packing")
+
+
+def _check_keep_best(cfg: dict) -> None:
+    """`tell_keep_best` chooses among checkpoints by the task generation metric: it needs that metric at every
+    evaluation, on every rank, and step saves that match the step evaluations."""
+    if not cfg.get("tell_keep_best"):
+        return
+    from axolotl_tell.keep_best import best_metric_key
+
+    if not cfg.get("tell_eval_generate"):
+        _fail("tell_keep_best", "needs a task metric to choose by, and `tell_eval_generate` is not set",
+              "set `tell_eval_generate: exact_match` (or accuracy, json_fields, a dotted function) and task eval "
+              "rows (`tell_task_eval_rows: N` or `tell_task_test_datasets`)")
+    if best_metric_key(cfg) is None:
+        _fail("tell_keep_best", f"`tell_eval_generate: {cfg.get('tell_eval_generate')}` is a custom function: "
+              "which of its numbers to maximise is not known",
+              "set `metric_for_best_model: tell/<key your function returns>` (and `greater_is_better: false` "
+              "if lower is better)")
+    if config_shards_parameters(cfg):
+        _fail("tell_keep_best", "with ZeRO-3, FSDP or tensor parallelism no rank holds the whole model to "
+              "generate with during training",
+              "use ZeRO-1/2 or DDP for a run that keeps the best checkpoint, or set `tell_keep_best: false` and "
+              "score the saved checkpoints with `axolotl-tell infer`")
+    for key, allowed in (("save_strategy", ("steps",)), ("eval_strategy", ("steps",))):
+        if cfg.get(key) not in (None, *allowed):
+            _fail(key, f"`{cfg.get(key)}` conflicts with `tell_keep_best`, which saves and evaluates at the same "
+                  "steps", f"remove `{key}` (the plugin sets it)")
+    if cfg.get("save_steps") and cfg.get("save_steps") != cfg.get("eval_steps"):
+        _fail("save_steps", "`tell_keep_best` saves a checkpoint at every evaluation (save_steps = eval_steps)",
+              "remove `save_steps`; set `evals_per_epoch: N` (or `eval_steps`) to choose how often")
+    evals = cfg.get("evals_per_epoch")
+    if evals is not None and not _int_at_least(evals, 1):
+        _fail("evals_per_epoch", f"must be an integer >= 1, got {evals!r}", "e.g. `evals_per_epoch: 7`")
+
+
+def config_shards_parameters(cfg) -> bool:
+    """The config asks for ZeRO-3, FSDP or tensor parallelism (the launcher's environment can too: see
+    ``training.sharded_parameters``, which also asks the trainer)."""
+    import json
+
+    if int(cfg.get("tensor_parallel_size") or 1) > 1 or cfg.get("fsdp") or cfg.get("fsdp_config"):
+        return True
+    ds = cfg.get("deepspeed")
+    if isinstance(ds, str) and os.path.isfile(ds):
+        try:
+            with open(ds, encoding="utf-8") as f:
+                ds = json.load(f)
+        except ValueError:
+            return False  # Axolotl reports a broken DeepSpeed file itself
+    return isinstance(ds, dict) and (ds.get("zero_optimization") or {}).get("stage") == 3
 
 
 # Axolotl keys that choose a memory-saving loss: the per-source loss must not replace it with a full float32 CE.

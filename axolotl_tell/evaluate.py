@@ -80,31 +80,54 @@ def resolve_metric(name: str):
     return fn
 
 
+class GenerationEvalError(RuntimeError):
+    """Generation failed on at least one rank (every rank raises it, so none waits for the others)."""
+
+
 def generation_eval(model, tokenizer, spec: dict, eval_raw: list[dict], metric: str, max_new_tokens: int = 64,
-                    batch_size: int = 16) -> tuple[dict, list[dict]]:
+                    batch_size: int = 16, rank: int = 0, world: int = 1, gather=None) -> tuple[dict, list[dict]]:
     """Generate for every held-out task row from its training-exact prompt; score with ``metric``.
+
+    With ``world`` > 1 each rank generates rows ``rank, rank + world, ...`` and ``gather`` (every rank's value, in
+    rank order, on every rank) joins them: every rank returns the same metrics, and no rank waits while one
+    generates alone. A rank's failure is gathered too and raised on every rank.
 
     Returns (metrics, one record per row: dataset_index, prompt, prediction, reference).
     """
+    if world > 1 and gather is None:
+        raise ValueError("generation_eval: several ranks need `gather` to join their shares")
     score_fn = resolve_metric(metric)  # before generating: a bad metric costs no generation time
+    items = []  # (dataset_index, prompt ids, reference), in eval-row order
+    for index in sorted({r["dataset_index"] for r in eval_raw}):
+        rows = [r["row"] for r in eval_raw if r["dataset_index"] == index]
+        entry = spec["task_datasets"][index]
+        prompts = prompt_ids_many(spec, tokenizer, rows, index)
+        items += [(index, prompt, reference_answer(entry, row)) for prompt, row in zip(prompts, rows)]
+    mine = list(range(rank, len(items), world))
     was_training = model.training
     model.eval()
-    records, predictions, references = [], [], []
+    predictions, error = {}, None
     try:
-        for index in sorted({r["dataset_index"] for r in eval_raw}):
-            rows = [r["row"] for r in eval_raw if r["dataset_index"] == index]
-            entry = spec["task_datasets"][index]
-            prompts = prompt_ids_many(spec, tokenizer, rows, index)
-            preds = generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size)
-            refs = [reference_answer(entry, row) for row in rows]
-            for prompt, pred, ref in zip(prompts, preds, refs):
-                records.append({"dataset_index": index, "prompt": tokenizer.decode(prompt), "prediction": pred,
-                                "reference": ref})
-            predictions += preds
-            references += refs
+        preds = generate(model, tokenizer, [items[i][1] for i in mine], max_new_tokens=max_new_tokens,
+                         batch_size=batch_size)
+        predictions = dict(zip(mine, preds))
+    except Exception as err:  # noqa: BLE001 - gathered below, raised on every rank
+        if gather is None:
+            raise
+        error = f"rank {rank}: {type(err).__name__}: {err}"
     finally:  # called mid-training too: the model goes back to training mode whatever happened
         if was_training:
             model.train()
-    result = dict(score_fn(predictions, references))
+    if gather is not None:
+        parts = gather((predictions, error))
+        errors = [e for _, e in parts if e]
+        if errors:
+            raise GenerationEvalError("; ".join(errors))
+        predictions = {i: p for part, _ in parts for i, p in part.items()}
+    ordered = [predictions[i] for i in range(len(items))]
+    references = [ref for _, _, ref in items]
+    records = [{"dataset_index": index, "prompt": tokenizer.decode(prompt), "prediction": pred, "reference": ref}
+               for (index, prompt, ref), pred in zip(items, ordered)]
+    result = dict(score_fn(ordered, references))
     result["metric"] = metric
     return result, records

@@ -34,10 +34,11 @@ def task_rows_per_step(task_positions: np.ndarray, total_rows: int, rows_per_ste
 
 
 def plot_timeline(path, task_positions, total_rows: int, rows_per_step: float, title: str = "",
-                  stopped_at: int | None = None) -> Path:
+                  stopped_at: int | None = None, kept_at: int | None = None) -> Path:
     """Task occurrences per optimizer step, and their cumulative share of the run.
 
     ``stopped_at``: the step where training stopped before the end of the plan (``max_steps``), marked.
+    ``kept_at``: the step whose checkpoint became the saved adapter (``tell_keep_best``), marked.
     """
     plt = _pyplot()
     per_step = task_rows_per_step(task_positions, total_rows, rows_per_step)
@@ -55,6 +56,11 @@ def plot_timeline(path, task_positions, total_rows: int, rows_per_step: float, t
             axis.axvline(stopped_at - 0.5, color="tab:red", lw=1.5)
         top.text(stopped_at - 0.5, per_step.max() if per_step.size else 1, f" training stopped (max_steps): "
                  f"{trained} of {int(per_step.sum())} task occurrences trained", color="tab:red", fontsize=8, va="top")
+    if kept_at is not None:  # steps count from 1, bars from 0: step k ends after bar k - 1
+        for axis in (top, bottom):
+            axis.axvline(kept_at - 0.5, color="tab:green", lw=1.5, ls="--")
+        top.text(kept_at - 0.5, (per_step.max() if per_step.size else 1) * 0.8, f" kept: checkpoint of step "
+                 f"{kept_at} (best task metric)", color="tab:green", fontsize=8, va="top")
     bottom.plot(steps, np.cumsum(per_step) / max(per_step.sum(), 1), color="tab:blue")
     bottom.plot(steps, (steps + 1) / per_step.size, color="gray", lw=1, ls=":", label="ideal (uniform)")
     bottom.set_ylabel("cumulative share")

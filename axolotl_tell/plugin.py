@@ -8,7 +8,7 @@ from pathlib import Path
 
 from axolotl.integrations.base import BasePlugin
 
-from axolotl_tell import compat
+from axolotl_tell import compat, ranks
 from axolotl_tell.args import tell_enabled
 from axolotl_tell.prepare import SOURCE_COLUMN, PreparedTell, load_general, prepare_tell_datasets
 from axolotl_tell.report import format_table, inference_spec, write_dry_run_report, write_json, REPORT_FILE
@@ -20,13 +20,8 @@ LOG = logging.getLogger("axolotl.tell")
 POST_TRAIN_CALL_AFTER_SAVE = 2
 
 
-def _is_main_process() -> bool:
-    return int(os.environ.get("RANK", "0")) == 0
-
-
-def _is_local_main_process() -> bool:
-    """Rank 0 of each node: node-local output folders get their own files too."""
-    return int(os.environ.get("LOCAL_RANK", os.environ.get("RANK", "0"))) == 0
+_is_main_process = ranks.is_main_process
+_is_local_main_process = ranks.is_local_main_process
 
 
 class TellPlugin(BasePlugin):
@@ -42,6 +37,8 @@ class TellPlugin(BasePlugin):
         self.meter_replicas = 1
         self.steps_planned: int | None = None
         self.trained: dict | None = None  # measured at the end of training, on every rank
+        self.evaluations: list[dict] = []  # tell_keep_best: the metric at each evaluation, in step order
+        self.kept: dict | None = None  # the checkpoint the trainer loaded at the end (load_best_model_at_end)
         self.post_train_calls = 0
 
     def get_input_args(self) -> str:
@@ -81,7 +78,7 @@ class TellPlugin(BasePlugin):
             eval_dataset = eval_dataset.remove_columns(SOURCE_COLUMN) if eval_dataset is not None else None
         if dry_run:
             return compat.train_dataset_meta(train, eval_dataset, -1)
-        if cfg.sample_packing and int(os.environ.get("WORLD_SIZE", "1")) > 1 and _is_main_process():
+        if cfg.sample_packing and ranks.world_size() > 1 and _is_main_process():
             LOG.warning("[axolotl_tell] packed multi-GPU run: Axolotl's packer drops the last (packs mod world size) "
                         "packs, so the last few planned rows may not be trained (see README, Multi-GPU and resume).")
         # an estimate for Axolotl's warmup and logging; the exact step count is set from the dataloader later
@@ -89,8 +86,11 @@ class TellPlugin(BasePlugin):
 
     def get_training_args(self, cfg):
         from axolotl_tell.cpu_precision import cpu_bf16_training_args
+        from axolotl_tell.keep_best import keep_best_training_args
 
-        return cpu_bf16_training_args(cfg)
+        args = {**(cpu_bf16_training_args(cfg) or {}),
+                **((keep_best_training_args(cfg) if tell_enabled(cfg) else None) or {})}
+        return args or None
 
     def post_trainer_create(self, cfg, trainer):
         if self.prepared is None:

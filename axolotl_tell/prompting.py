@@ -15,7 +15,7 @@ from pathlib import Path
 
 from axolotl_tell.anchor import COMPLETION, INSTRUCTION, MESSAGES, Anchor, AnchorError, dataset_family
 from axolotl_tell.args import PLACEMENTS
-from axolotl_tell.report import INFERENCE_FILE, SPEC_ANCHOR_KEYS, SPEC_KEYS
+from axolotl_tell.report import INFERENCE_FILE, SPEC_ANCHOR_KEYS, SPEC_KEPT_KEYS, SPEC_KEYS
 
 PLACEHOLDER_ANSWER = "ok"  # stands in for the unknown answer; everything from it on is cut
 
@@ -71,6 +71,13 @@ def validate_spec(spec, where: str) -> None:
             fail(key, f"must be a string, got {spec[key]!r}")
     if spec.get("sequence_len") is not None and not isinstance(spec["sequence_len"], int):
         fail("sequence_len", f"must be an integer, got {spec['sequence_len']!r}")
+    kept = spec.get("kept")
+    if kept is not None:
+        if not isinstance(kept, dict):
+            fail("kept", "must be an object")
+        _no_unknown_keys(kept, SPEC_KEPT_KEYS, "kept.", fail)
+        if not isinstance(kept.get("step"), int):
+            fail("kept.step", f"must be an integer, got {kept.get('step')!r}")
 
 
 def _no_unknown_keys(data: dict, known, prefix: str, fail) -> None:

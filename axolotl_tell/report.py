@@ -19,7 +19,8 @@ REPORT_FILE = "tell_report.json"
 INFERENCE_FILE = "tell.json"
 # What tell.json may hold (prompting.validate_spec refuses anything else): the keys inference_spec writes.
 SPEC_KEYS = ("tell_version", "anchor", "task_datasets", "base_model", "chat_template", "chat_template_jinja",
-             "sequence_len", "plan_sha256")
+             "sequence_len", "plan_sha256", "kept")
+SPEC_KEPT_KEYS = ("step", "metric", "value")  # `kept`: the checkpoint tell_keep_best chose (absent otherwise)
 SPEC_ANCHOR_KEYS = ("text", "placement", "placement_requested", "separator", "source", "auto")
 
 

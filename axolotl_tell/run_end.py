@@ -25,7 +25,11 @@ def finish_run(plugin, cfg, model, main: bool = True) -> None:
     report["trained"] = trained_section(report, plugin.trained, plugin.steps_planned, cfg.get("max_steps"))
     report["trained"]["task_loss_weight"] = resolved_task_loss_weight(cfg)
     report["trained"]["task_loss_share"] = resolved_task_loss_share(cfg)
-    _guarded("the run's record (tell_report.json, tell.json)", out, lambda: _write_record(out, report, plugin.spec))
+    spec = plugin.spec
+    if plugin.kept is not None:  # the saved adapter is this checkpoint, not the last step (load_best_model_at_end)
+        report["trained"]["kept"] = plugin.kept
+        spec = {**spec, "kept": {k: plugin.kept[k] for k in ("step", "metric", "value")}}
+    _guarded("the run's record (tell_report.json, tell.json)", out, lambda: _write_record(out, report, spec))
     if not main:  # another node's main process: its output_dir gets the record, the work below is rank 0's
         return
     if cfg.get("tell_eval_generate") and plugin.prepared.eval_raw:
@@ -93,7 +97,8 @@ def _plots(plugin, report: dict, out: Path) -> None:
     steps = trained.get("steps_planned") or 1
     # rows per optimizer step, measured on this run's dataloader (packed steps hold a varying number of rows)
     plot_timeline(out / TIMELINE_FILE, np.flatnonzero(order >= general_rows), order.size, order.size / steps,
-                  stopped_at=trained["steps"] if not trained["complete"] else None)
+                  stopped_at=trained["steps"] if not trained["complete"] else None,
+                  kept_at=(trained.get("kept") or {}).get("step"))
     if plugin.trainer is not None:
         plot_losses(out / LOSS_FILE, plugin.trainer.state.log_history)
 

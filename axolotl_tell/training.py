@@ -12,9 +12,10 @@ from pathlib import Path
 
 from transformers import TrainerCallback
 
-from axolotl_tell import compat
-from axolotl_tell.args import (DEFAULT_TASK_LOSS_WEIGHT, MEMORY_SAVING_LOSS_KEYS, resolved_task_loss_share,
-                               resolved_task_loss_weight)
+from axolotl_tell import compat, ranks
+from axolotl_tell.args import (DEFAULT_TASK_LOSS_WEIGHT, MEMORY_SAVING_LOSS_KEYS, config_shards_parameters,
+                               resolved_task_loss_share, resolved_task_loss_weight)
+from axolotl_tell.keep_best import best_metric_key, keep_best, kept_section, steps_between_evaluations
 from axolotl_tell.report import INFERENCE_FILE, write_json
 
 LOG = logging.getLogger("axolotl.tell")
@@ -28,6 +29,8 @@ def prepare_trainer(plugin, cfg, trainer) -> None:
     if cfg.sample_packing:
         compat.keep_last_partial_pack_batch(trainer)
     _set_exact_steps(plugin, cfg, trainer)
+    if keep_best(cfg):
+        _check_keep_best_interval(cfg, trainer)
     if cfg.get("tell_source_metrics") is not False:
         from axolotl_tell.source_metrics import SourceLossMeter, attach
 
@@ -51,6 +54,10 @@ def prepare_trainer(plugin, cfg, trainer) -> None:
     trainer.add_callback(_SpecIntoCheckpoints(plugin, cfg))
     if cfg.get("tell_eval_generate") and plugin.prepared.eval_raw:
         if sharded_parameters(cfg, trainer):
+            if keep_best(cfg):  # the launcher's environment sharded what the YAML did not say
+                raise ValueError("[axolotl_tell] `tell_keep_best`: the parameters are sharded (ZeRO-3/FSDP from the "
+                                 "launcher or accelerate config): no rank can generate during training. Fix: use "
+                                 "ZeRO-1/2 or DDP, or set `tell_keep_best: false`.")
             LOG.warning("[axolotl_tell] tell_eval_generate skipped: with ZeRO-3/FSDP the parameters are sharded and "
                         "generating on one rank would hang. Run `axolotl-tell infer` on the saved adapter.")
         else:
@@ -63,7 +70,7 @@ def _set_exact_steps(plugin, cfg, trainer) -> None:
     plugin.steps_planned = steps
     user = int(cfg.get("max_steps") or 0)
     if user and user < steps:
-        if int(os.environ.get("RANK", "0")) == 0:
+        if ranks.is_main_process():
             LOG.warning("[axolotl_tell] WARNING: `max_steps: %d` stops the run at step %d of the %d planned steps: "
                         "only about %.0f%% of the plan (and of its task occurrences, spread through it) will be "
                         "trained. tell_report.json's `trained` section will say what was. Fix: remove `max_steps` "
@@ -78,6 +85,18 @@ def _set_exact_steps(plugin, cfg, trainer) -> None:
         trainer.args.warmup_steps = max(int(float(cfg.warmup_ratio) * steps), 0)
     LOG.info("[axolotl_tell] %d optimizer steps: %d micro-batches of the planned order, gradient accumulation %d",
              steps, batches, int(trainer.args.gradient_accumulation_steps or 1))
+
+
+def _check_keep_best_interval(cfg, trainer) -> None:
+    """At least one evaluation before the last step: else the end point is the only candidate."""
+    steps = int(trainer.args.max_steps)
+    every = steps_between_evaluations(trainer.args.eval_steps, steps)
+    if every >= steps:
+        raise ValueError(f"[axolotl_tell] `tell_keep_best`: evaluations every {every} steps in a run of {steps} "
+                         "steps: only the last step would be evaluated, so there is nothing to choose from. Fix: "
+                         "lower `eval_steps`, or set `evals_per_epoch: N` (the plan is one epoch; default 7).")
+    LOG.info("[axolotl_tell] tell_keep_best: %s at steps %s and the last step (%d); the best checkpoint becomes "
+             "the saved adapter", best_metric_key(cfg), ", ".join(str(s) for s in range(every, steps, every)), steps)
 
 
 def training_engine(trainer) -> str:
@@ -109,16 +128,11 @@ def sharded_parameters(cfg, trainer=None) -> bool:
             return True
         if getattr(trainer, "is_deepspeed_enabled", False) and _zero_stage(trainer) == 3:
             return True
-    if int(cfg.get("tensor_parallel_size") or 1) > 1 or cfg.get("fsdp") or cfg.get("fsdp_config"):
-        return True
     if os.environ.get("ACCELERATE_USE_FSDP", "").lower() in ("1", "true"):
         return True
     if os.environ.get("ACCELERATE_DEEPSPEED_ZERO_STAGE") == "3":
         return True
-    ds = cfg.get("deepspeed")
-    if isinstance(ds, str) and Path(ds).is_file():
-        ds = json.loads(Path(ds).read_text())
-    return isinstance(ds, dict) and (ds.get("zero_optimization") or {}).get("stage") == 3
+    return config_shards_parameters(cfg)
 
 
 class _RecordTrained(TrainerCallback):
@@ -136,6 +150,10 @@ class _RecordTrained(TrainerCallback):
             else None
         self.plugin.trained = {"steps": int(state.global_step), "supervised_tokens": tokens,
                                "resumed_at_step": self.first_step or None}
+        if args.load_best_model_at_end:  # the trainer loaded this checkpoint: it is what Axolotl saves next
+            self.plugin.kept = kept_section(state.best_model_checkpoint, state.best_metric,
+                                            getattr(state, "best_global_step", None), args.metric_for_best_model,
+                                            self.plugin.evaluations, int(state.global_step))
 
 
 class _SpecIntoCheckpoints(TrainerCallback):
@@ -156,33 +174,53 @@ class _SpecIntoCheckpoints(TrainerCallback):
 
 
 class _GenerateAtEval(TrainerCallback):
-    """At each evaluation, on the main rank: generation metrics on the task eval rows -> tell_eval_steps.jsonl.
+    """At each evaluation, on every rank: generation metrics on the task eval rows.
 
-    Written to a file (and the log), not through the trainer's loggers: those would need every rank. A failure
-    (out of memory, a metric's bug) is logged and skipped: it must never stop the training run.
+    Each rank generates its share of the rows and the predictions are gathered, so every rank scores the same
+    numbers at the same time: none waits in a collective while another generates alone, and the metrics go
+    into the trainer's evaluation metrics (``eval_tell/<name>``) on every rank, where ``metric_for_best_model``
+    (``tell_keep_best``) reads them. The main rank appends them to tell_eval_steps.jsonl. A failure (out of memory,
+    a metric's bug) is logged and the evaluation skipped, on every rank together: it never stops the run; under
+    ``tell_keep_best`` that step scores the worst value, so it is never kept.
     """
 
     def __init__(self, plugin, cfg):
         self.plugin, self.cfg = plugin, cfg
         self.tokenizer = None
+        self.best_key = best_metric_key(cfg) if keep_best(cfg) else None
 
-    def on_evaluate(self, args, state, control, model=None, **kwargs):
-        if model is None or not state.is_world_process_zero:
+    def on_step_end(self, args, state, control, **kwargs):
+        # tell_keep_best: the end point is a candidate too (transformers evaluates only every eval_steps)
+        if self.best_key and state.global_step >= state.max_steps:
+            control.should_evaluate = True
+
+    def on_evaluate(self, args, state, control, model=None, metrics=None, **kwargs):
+        if model is None:
             return
         from axolotl_tell.evaluate import generation_eval
 
         try:
             if self.tokenizer is None:
                 self.tokenizer = run_tokenizer(self.plugin, self.cfg)
-            metrics, _ = generation_eval(model, self.tokenizer, self.plugin.spec, self.plugin.prepared.eval_raw,
-                                         self.cfg.tell_eval_generate, max_new_tokens=self.cfg.get(
-                                             "tell_eval_max_new_tokens") or 64,
-                                         batch_size=generation_batch_size(self.cfg))
+            result, _ = generation_eval(model, self.tokenizer, self.plugin.spec, self.plugin.prepared.eval_raw,
+                                        self.cfg.tell_eval_generate,
+                                        max_new_tokens=self.cfg.get("tell_eval_max_new_tokens") or 64,
+                                        batch_size=generation_batch_size(self.cfg), rank=ranks.rank(),
+                                        world=ranks.world_size(), gather=ranks.gather_objects)
         except Exception as err:  # noqa: BLE001 - logged; training goes on
             LOG.error("[axolotl_tell] step %d task generation eval failed, skipped (training goes on): %s: %s",
                       state.global_step, type(err).__name__, err)
+            if self.best_key is not None and metrics is not None:
+                metrics[self.best_key] = float("-inf") if args.greater_is_better else float("inf")
             return
-        record = {"step": state.global_step, **{k: v for k, v in metrics.items() if isinstance(v, (int, float, str))}}
+        numbers = {k: v for k, v in result.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        if metrics is not None:
+            metrics.update({f"eval_tell/{k}": v for k, v in numbers.items()})
+        if self.best_key is not None and metrics is not None and self.best_key in metrics:
+            self.plugin.evaluations.append({"step": int(state.global_step), "value": metrics[self.best_key]})
+        if not state.is_world_process_zero:
+            return
+        record = {"step": state.global_step, **{k: v for k, v in result.items() if isinstance(v, (int, float, str))}}
         out = Path(self.cfg.output_dir)
         out.mkdir(parents=True, exist_ok=True)
         with open(out / EVAL_STEPS_FILE, "a", encoding="utf-8") as f:

@@ -146,6 +146,10 @@ class Bench:
     def cpu_bf16(self, settings: dict) -> bool:
         return self.profile == "cpu" and bool(settings.get("bf16") or settings.get("bfloat16"))
 
+    @staticmethod
+    def max_new_tokens(cell: Cell, spec: dict) -> int:
+        return int(cell.overrides.get("max_new_tokens") or spec["max_new_tokens"])
+
     def cell_dir(self, cell: Cell) -> Path:
         return self.work / "cells" / cell.slug
 
@@ -156,12 +160,17 @@ class Bench:
         spec, td = self.task_data(twin)
         gen = self.general(twin)
         d = self.cell_dir(twin)
+        extra = dict(twin.overrides.get("tell") or {})
+        if twin.method == "tell_best":
+            val_file = data.write_jsonl(self.work / "data" / f"val-{twin.task_name}-v{len(td.val)}.jsonl",
+                                        [data.task_message_row(spec, r) for r in td.val])
+            extra.update(configs.keep_best_keys(val_file, spec["metric"], self.max_new_tokens(twin, spec),
+                                                self.batch))
         cfg = configs.tell_config(self.model, self.settings(twin), seed=twin.seed, general_pool=gen["pool"],
                                   task_file=self.task_file(twin, spec, td),
                                   anchor="auto" if twin.method == "tell_auto_anchor" else spec["anchor"],
                                   task_repeats=twin.task_repeats, general_ratio=twin.general_ratio,
-                                  out=d / "out", prepared=self.work / "prepared_tell",
-                                  extra_tell=twin.overrides.get("tell"))
+                                  out=d / "out", prepared=self.work / "prepared_tell", extra_tell=extra)
         path = d / "config.yml"
         if path.is_file() and path.read_text(encoding="utf-8") != configs.dump(cfg):
             for stale in ("tell_report.json", "tell.json"):  # another model/setting: that plan and run are stale
@@ -211,7 +220,15 @@ class Bench:
                        task_loss_weight=(rep.get("trained") or {}).get("task_loss_weight", 1.0),
                        task_loss_share=(rep.get("trained") or {}).get("task_loss_share"),
                        anchor_source=rep["anchor"]["source"],
-                       steps=facts["steps_logged"] or axo.steps_per_epoch(rep["rows_total"], rows_per_step), **facts)
+                       steps=(rep.get("trained") or {}).get("steps") or facts["steps_logged"]
+                       or axo.steps_per_epoch(rep["rows_total"], rows_per_step),
+                       **{k: v for k, v in facts.items() if k != "steps"})
+            if method == "tell_best":  # the step the plugin kept, and the validation curve it chose from
+                kept = (rep.get("trained") or {}).get("kept")
+                if not kept:
+                    raise RuntimeError(f"tell_best: {d / 'out'} names no kept checkpoint (tell_report.json)")
+                rec.update(chosen_step=kept["step"], chosen_val_score=kept["value"],
+                           val_curve=kept["evaluations"], chosen_is_final=kept["is_final_step"])
             adapter = d / "out"
         elif method == "tell_no_anchor":
             rep, wall = self.tell_plan(cell)
@@ -279,7 +296,7 @@ class Bench:
         rec["config"] = str((d / "config.yml").relative_to(self.work)) if (d / "config.yml").is_file() else None
         rec["tell_keys"] = self.tell_keys(cell)
         rec["created"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
-        if method == "sft_best" and not self.args.keep_checkpoints:
+        if method in ("sft_best", "tell_best") and not self.args.keep_checkpoints:
             for ckpt in (d / "out").glob("checkpoint-*"):
                 shutil.rmtree(ckpt, ignore_errors=True)
         return rec

@@ -37,7 +37,7 @@ def test_smoke_grid_writes_results_and_resumes(tiny_model, tmp_path):
     first = time.perf_counter() - start
     all_runs = json.loads(out.read_text())["runs"]
     runs = [r for r in all_runs if not r.get("variant")]
-    assert sorted(r["method"] for r in runs) == ["sft", "tell"]
+    assert sorted(r["method"] for r in runs) == ["sft", "tell", "tell_best"]
     for run in all_runs:
         if run["method"] == "zero_shot":
             continue
@@ -67,6 +67,13 @@ def test_smoke_grid_writes_results_and_resumes(tiny_model, tmp_path):
     assert all(0 <= p["score"] <= 1 and p["general_loss"] > 0 for p in best["frontier"])
     chosen = next(p for p in best["frontier"] if p["epochs"] == best["chosen_epochs"])
     assert chosen["score"] == best["score"]  # the kept adapter is the curve's point at that epoch
+    # tell_best: the plugin kept the checkpoint best on the validation rows; the bench scores that adapter
+    kept = next(r for r in runs if r["method"] == "tell_best")
+    assert kept["tell_keys"]["tell_keep_best"] is True and kept["prompt"] == "anchored"
+    assert kept["val_curve"] and kept["val_curve"][-1]["step"] == kept["steps"]  # the end point was a candidate
+    assert kept["chosen_step"] in [e["step"] for e in kept["val_curve"]]
+    assert kept["chosen_val_score"] == max(e["value"] for e in kept["val_curve"])
+    assert kept["val_score"] == kept["chosen_val_score"]  # the bench's own scoring of the kept adapter agrees
     md = out.with_suffix(".md").read_text()
     assert "## Frontier" in md and "## Goal per cell" in md and (out.parent / "smoke_frontier.png").is_file()
 

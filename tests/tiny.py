@@ -138,3 +138,19 @@ def make_workspace(root: Path, model: Path, *, task: str = "alpaca", general_row
 def length_metric(predictions, references):
     """A user metric for `tell_eval_generate: tiny.length_metric` (tests)."""
     return {"mean_length": sum(len(p) for p in predictions) / len(predictions)}
+
+
+def scripted_metric(predictions, references):
+    """A user metric whose value at the k-th call is the k-th number of TELL_TEST_METRIC_SCRIPT (then 0): tests
+    that must know which evaluation scores best, whatever the tiny model generates. Each process counts its own
+    calls; every rank evaluates at the same steps, so every rank reads the same value."""
+    import os
+
+    global _SCRIPT_CALLS
+    script = [float(x) for x in os.environ.get("TELL_TEST_METRIC_SCRIPT", "").split(",") if x]
+    value = script[_SCRIPT_CALLS] if _SCRIPT_CALLS < len(script) else 0.0
+    _SCRIPT_CALLS += 1
+    return {"score": value, "n": len(predictions)}
+
+
+_SCRIPT_CALLS = 0

@@ -1,6 +1,9 @@
 """The Axolotl config of each method: what a user would write. Every method shares ``training`` settings.
 
 * ``tell``           the plugin: task rows anchored, repeated and spread through the general pool;
+* ``tell_best``      the same as ``tell`` with ``tell_keep_best``: the run evaluates the task metric on the
+                     validation rows (``sft_best``'s) at 7 evenly spaced steps and its last, and keeps the best
+                     checkpoint as its adapter, as a user with a few held-out rows would;
 * ``tell_auto_anchor`` the same as ``tell`` with ``tell_anchor: auto``: the base model writes the anchor from 8
                      task examples (the plan's other settings are the same; task token counts follow the anchor);
 * ``tell_no_anchor`` plain Axolotl on ONE file holding the TELL run's rows in the TELL plan's order, task rows
@@ -53,7 +56,14 @@ def tell_config(model, settings, *, seed, general_pool, task_file, anchor, task_
         "num_epochs": 1,
     })
     cfg.update(extra_tell or {})
-    return cfg
+    return {k: v for k, v in cfg.items() if v is not None}
+
+
+def keep_best_keys(val_file: Path, metric: str, max_new_tokens: int, batch_size: int) -> dict:
+    """``tell_best``: the plugin keeps the checkpoint with the best task metric on the validation rows."""
+    return {"tell_task_test_datasets": [_chat_entry(val_file)], "tell_eval_generate": metric,
+            "tell_eval_max_new_tokens": int(max_new_tokens), "tell_eval_batch_size": int(batch_size),
+            "tell_keep_best": True, "save_strategy": None}  # None: the training settings' "no" goes; the plugin saves
 
 
 def plain_config(model, settings, *, seed, data_file, out: Path, prepared: Path, epochs: int = 1,

@@ -14,9 +14,10 @@ from tellbench import BENCH
 TASKS_DIR = BENCH / "tasks"
 GRIDS_FILE = BENCH / "grids.yaml"
 
-METHODS = ("zero_shot", "sft", "sft_matched", "sft_best", "tell", "tell_auto_anchor", "tell_no_anchor", "sft_anchor")
-ANCHORED_METHODS = ("zero_shot", "tell", "tell_auto_anchor", "sft_anchor")  # scored with the anchored prompt
-TELL_METHODS = ("tell", "tell_auto_anchor")  # trained through the plugin; scored with the adapter's own tell.json
+METHODS = ("zero_shot", "sft", "sft_matched", "sft_best", "tell", "tell_best", "tell_auto_anchor", "tell_no_anchor",
+           "sft_anchor")
+ANCHORED_METHODS = ("zero_shot", "tell", "tell_best", "tell_auto_anchor", "sft_anchor")  # scored anchored
+TELL_METHODS = ("tell", "tell_best", "tell_auto_anchor")  # trained through the plugin; scored with its tell.json
 TASK_KEYS = {"name", "description", "train", "test", "user_field", "assistant_field", "answer_json_field", "metric",
              "anchor", "max_new_tokens", "test_rows", "val_rows", "sizes", "general_leak_regex"}
 REQUIRED_TASK_KEYS = {"name", "train", "test", "user_field", "assistant_field", "metric", "anchor"}

@@ -1,0 +1,70 @@
+"""`tell_keep_best`: keep the checkpoint with the best task generation metric, not the run's end point.
+
+Built on transformers' own machinery: the plugin turns on step evaluations and saves at the same steps,
+``load_best_model_at_end`` and ``metric_for_best_model``; its generation eval (``training._GenerateAtEval``)
+puts ``eval_tell/<metric>`` into every rank's evaluation metrics, where the trainer picks the best checkpoint and
+loads it before Axolotl saves the final adapter. The run's end point is always one of the candidates (an
+evaluation is added at the last step). Pure logic: no Axolotl import.
+"""
+
+from __future__ import annotations
+
+from axolotl_tell.metrics import HEADLINE
+
+DEFAULT_EVALUATIONS = 7  # like the benchmark's sft_best, which picks among 7 candidate epochs
+METRIC_PREFIX = "eval_tell/"
+
+
+def keep_best(cfg) -> bool:
+    return bool(cfg.get("tell_keep_best"))
+
+
+def best_metric_key(cfg) -> str | None:
+    """The key the trainer compares, as it appears in the evaluation metrics (``eval_tell/exact_match``).
+
+    Axolotl's ``metric_for_best_model`` wins when set (transformers adds the ``eval_`` prefix); else the headline
+    number of a built-in ``tell_eval_generate``; a custom metric function has no headline (None: a config error).
+    """
+    user = cfg.get("metric_for_best_model")
+    if user:
+        return user if str(user).startswith("eval_") else f"eval_{user}"
+    headline = HEADLINE.get(str(cfg.get("tell_eval_generate")))
+    return f"{METRIC_PREFIX}{headline}" if headline else None
+
+
+def evaluation_interval(cfg) -> float | int:
+    """``eval_steps`` as the user wrote it (steps, or a fraction of the run), else one run / evaluations."""
+    if cfg.get("eval_steps"):
+        return cfg["eval_steps"]
+    return 1.0 / int(cfg.get("evals_per_epoch") or DEFAULT_EVALUATIONS)
+
+
+def keep_best_training_args(cfg) -> dict | None:
+    """The trainer arguments that keep the best checkpoint; None unless ``tell_keep_best`` is on."""
+    if not keep_best(cfg):
+        return None
+    interval = evaluation_interval(cfg)
+    greater = cfg.get("greater_is_better")
+    return {"eval_strategy": "steps", "eval_steps": interval, "save_strategy": "steps", "save_steps": interval,
+            "load_best_model_at_end": True, "metric_for_best_model": best_metric_key(cfg),
+            "greater_is_better": True if greater is None else bool(greater)}
+
+
+def steps_between_evaluations(interval, max_steps: int) -> int:
+    """transformers' reading of ``eval_steps``: a fraction below 1 is a share of the run, rounded up."""
+    import math
+
+    return int(math.ceil(max_steps * interval)) if interval < 1 else int(interval)
+
+
+def kept_section(best_checkpoint: str | None, best_metric, best_step, metric_key: str | None,
+                 evaluations: list[dict], final_step: int) -> dict | None:
+    """What ``tell_report.json`` says of the kept checkpoint (None when no checkpoint was chosen)."""
+    if not best_checkpoint:
+        return None
+    if not best_step:  # older transformers keep no best_global_step: the folder name has it
+        tail = str(best_checkpoint).rstrip("/").rsplit("checkpoint-", 1)[-1]
+        best_step = int(tail) if tail.isdigit() else None
+    return {"step": best_step, "checkpoint": str(best_checkpoint), "metric": metric_key,
+            "value": None if best_metric is None else float(best_metric),
+            "is_final_step": best_step == final_step, "evaluations": evaluations}

@@ -1,0 +1,116 @@
+"""`tell_keep_best`: the checkpoint with the best task metric becomes the saved adapter, and the record says so."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import pytest
+from axolotl_tell.args import TellConfigError, validate_tell_config
+from axolotl_tell.keep_best import (best_metric_key, keep_best_training_args, kept_section,
+                                    steps_between_evaluations)
+from tiny import make_workspace
+
+TASK = [{"path": "task.jsonl", "ds_type": "json", "type": "alpaca"}]
+BASE = {"tell_task_datasets": TASK, "tell_anchor": "Answer.", "datasets": [{"path": "g.jsonl", "type": "alpaca"}]}
+KEEP = {**BASE, "tell_task_eval_rows": 4, "tell_eval_generate": "exact_match", "tell_keep_best": True}
+
+
+def test_training_args_follow_the_metric_and_the_evaluation_count():
+    args = keep_best_training_args(KEEP)
+    assert args == {"eval_strategy": "steps", "eval_steps": 1 / 7, "save_strategy": "steps", "save_steps": 1 / 7,
+                    "load_best_model_at_end": True, "metric_for_best_model": "eval_tell/exact_match",
+                    "greater_is_better": True}
+    assert keep_best_training_args({**KEEP, "evals_per_epoch": 4})["eval_steps"] == 0.25
+    assert keep_best_training_args({**KEEP, "eval_steps": 10})["save_steps"] == 10
+    assert keep_best_training_args(BASE) is None
+
+
+def test_metric_key_as_the_user_wrote_it():
+    assert best_metric_key({**KEEP, "tell_eval_generate": "json_fields"}) == "eval_tell/accuracy"
+    assert best_metric_key({**KEEP, "metric_for_best_model": "tell/f1_yes"}) == "eval_tell/f1_yes"
+    assert best_metric_key({**KEEP, "metric_for_best_model": "eval_loss"}) == "eval_loss"
+    assert best_metric_key({**KEEP, "tell_eval_generate": "pkg.mod.fn"}) is None
+
+
+def test_evaluation_interval_reads_like_transformers():
+    assert steps_between_evaluations(1 / 7, 41) == 6
+    assert steps_between_evaluations(10, 41) == 10
+
+
+@pytest.mark.parametrize("change,key", [
+    ({"tell_eval_generate": None, "tell_task_eval_rows": 0}, "tell_keep_best"),
+    ({"save_strategy": "no"}, "save_strategy"),
+    ({"eval_strategy": "epoch"}, "eval_strategy"),
+    ({"save_steps": 5, "eval_steps": 10}, "save_steps"),
+    ({"evals_per_epoch": 0}, "evals_per_epoch"),
+    ({"fsdp_config": {"fsdp_version": 2}}, "tell_keep_best"),
+    ({"tell_keep_best": "yes"}, "tell_keep_best"),
+])
+def test_combinations_that_cannot_work_are_refused(change, key):
+    cfg = {k: v for k, v in {**KEEP, **change}.items() if v is not None}
+    with pytest.raises(TellConfigError) as err:
+        validate_tell_config(cfg)
+    assert f"`{key}`" in str(err.value) and "Fix:" in str(err.value)
+
+
+def test_a_custom_metric_needs_its_key_named(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(Path(__file__).parent))
+    cfg = {**KEEP, "tell_eval_generate": "tiny.scripted_metric"}
+    with pytest.raises(TellConfigError, match="metric_for_best_model: tell/"):
+        validate_tell_config(cfg)
+    validate_tell_config({**cfg, "metric_for_best_model": "tell/score"})
+
+
+def test_kept_section_reads_the_step_from_the_folder_when_transformers_keeps_none():
+    kept = kept_section("/out/checkpoint-12", 0.75, None, "eval_tell/exact_match", [], 30)
+    assert kept["step"] == 12 and kept["value"] == 0.75 and kept["is_final_step"] is False
+    assert kept_section(None, None, None, "eval_loss", [], 30) is None
+
+
+def _adapter_weights(folder: Path) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(str(folder / "adapter_model.safetensors"))
+
+
+@pytest.mark.e2e
+def test_train_keeps_the_checkpoint_with_the_best_task_metric(tiny_model, tmp_path):
+    """Three evaluations score 0.2, 0.9, 0.1 (a scripted metric): the second step's checkpoint must become the
+    saved adapter, and tell_report.json / tell.json / the plot must name it."""
+    import subprocess
+
+    import torch
+
+    cfg_path, cfg = make_workspace(tmp_path, tiny_model, tell_task_eval_rows=2,
+                                   tell_eval_generate="tiny.scripted_metric", tell_eval_max_new_tokens=2,
+                                   metric_for_best_model="tell/score", tell_keep_best=True, evals_per_epoch=3,
+                                   save_strategy=None, save_total_limit=5)
+    bin_dir = Path(sys.executable).parent
+    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
+           "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")]),
+           "TELL_TEST_METRIC_SCRIPT": "0.2,0.9,0.1"}
+    proc = subprocess.run([str(bin_dir / "axolotl"), "train", str(cfg_path)], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=600)
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 0, log[-4000:]
+    out = Path(cfg["output_dir"])
+    evals = [json.loads(line) for line in (out / "tell_eval_steps.jsonl").read_text().splitlines()]
+    assert [e["score"] for e in evals] == [0.2, 0.9, 0.1], evals
+    report = json.loads((out / "tell_report.json").read_text())
+    steps = report["trained"]["steps"]
+    assert evals[-1]["step"] == steps  # the end point was a candidate
+    best = evals[1]["step"]
+    kept = report["trained"]["kept"]
+    assert kept["step"] == best and kept["value"] == 0.9 and kept["metric"] == "eval_tell/score"
+    assert kept["is_final_step"] is False and report["trained"]["complete"] is True
+    assert [e["value"] for e in kept["evaluations"]] == [0.2, 0.9, 0.1]
+    assert json.loads((out / "tell.json").read_text())["kept"] == {"step": best, "metric": "eval_tell/score",
+                                                                   "value": 0.9}
+    saved, chosen, last = (_adapter_weights(p) for p in (out, out / f"checkpoint-{best}", out / f"checkpoint-{steps}"))
+    assert saved.keys() == chosen.keys()
+    assert all(torch.equal(saved[k], chosen[k]) for k in saved)
+    assert any(not torch.equal(saved[k], last[k]) for k in saved)
+    assert (out / "tell_timeline.png").is_file()
