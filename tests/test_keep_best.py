@@ -114,3 +114,31 @@ def test_train_keeps_the_checkpoint_with_the_best_task_metric(tiny_model, tmp_pa
     assert all(torch.equal(saved[k], chosen[k]) for k in saved)
     assert any(not torch.equal(saved[k], last[k]) for k in saved)
     assert (out / "tell_timeline.png").is_file()
+
+
+@pytest.mark.e2e
+def test_two_ranks_packed_keep_the_same_best_checkpoint(tiny_model, tmp_path, monkeypatch):
+    """2 gloo ranks, packed: each rank generates its share of the 3 eval rows (2 + 1), the gathered metric reaches
+    both ranks' evaluation metrics (a rank without it would fail in the trainer's best-metric check), and the one
+    adapter saved is the chosen checkpoint's."""
+    import torch
+    from test_distributed_cpu import _train
+
+    monkeypatch.setenv("TELL_TEST_METRIC_SCRIPT", "0.2,0.9,0.1")
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")]))
+    cfg_path, cfg = make_workspace(tmp_path, tiny_model, task="chat_template", sample_packing=True,
+                                   tell_task_eval_rows=3, tell_eval_generate="tiny.scripted_metric",
+                                   tell_eval_max_new_tokens=2, metric_for_best_model="tell/score",
+                                   tell_keep_best=True, evals_per_epoch=3, save_strategy=None, save_total_limit=5,
+                                   micro_batch_size=1, eval_batch_size=1)
+    log = _train(cfg_path, "ddp", timeout=400)
+    out = Path(cfg["output_dir"])
+    assert "training engine: DDP, world size 2" in log
+    evals = [json.loads(line) for line in (out / "tell_eval_steps.jsonl").read_text().splitlines()]
+    assert [e["score"] for e in evals] == [0.2, 0.9, 0.1] and all(e["n"] == 3 for e in evals), evals
+    report = json.loads((out / "tell_report.json").read_text())
+    kept = report["trained"]["kept"]
+    assert kept["step"] == evals[1]["step"] and kept["value"] == 0.9
+    assert evals[-1]["step"] == report["trained"]["steps"]
+    saved, chosen = _adapter_weights(out), _adapter_weights(out / f"checkpoint-{kept['step']}")
+    assert all(torch.equal(saved[k], chosen[k]) for k in saved)
