@@ -115,6 +115,19 @@ def test_goal_says_when_a_miss_is_inside_the_test_sets_noise():
     assert "missed (-0.300)" in line and "inside" not in line
 
 
+def test_goal_reads_tell_best_against_sft_best_plus_two_points():
+    base = run("t", "zero_shot", 0, 0.0, 1.6)
+    tell = {**tell_run(10, 20), **run("t", "tell", 0, 0.60, 1.59)}
+    best = run("t", "sft_best", 0, 0.60, 2.5, frontier=[])
+    line = goal([base, tell, best, run("t", "tell_best", 0, 0.63, 1.60)]).splitlines()[-1]
+    assert line.endswith("| 0.630 (n=1) | +0.030 (met) |")
+    line = goal([base, tell, best, run("t", "tell_best", 0, 0.61, 1.60)]).splitlines()[-1]
+    assert line.endswith("+0.010 (missed) |")
+    line = goal([base, tell, best, run("t", "tell_best", 0, 0.70, 1.70)]).splitlines()[-1]  # forgot: +0.1 nats
+    assert line.endswith("+0.100 (missed) |")
+    assert goal([base, tell, best]).splitlines()[-1].endswith("| – | – |")
+
+
 def test_gap_noise_pairs_the_seeds_that_kept_row_hits_and_counts_the_rest_as_binomial():
     a, b = "1" * 60 + "0" * 40, "1" * 55 + "0" * 5 + "1" * 5 + "0" * 35
     tell = point({0: a, 1: a})

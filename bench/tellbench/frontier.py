@@ -15,6 +15,7 @@ from collections import defaultdict
 from pathlib import Path
 
 SCORE_TOLERANCE = 0.01  # "within 1 point"
+BEST_MARGIN = 0.02  # issue 24: the validation-chosen TELL (tell_best) at least 2 points above sft_best
 LOSS_TOLERANCE = 0.02  # nats
 
 
@@ -168,7 +169,7 @@ def points(runs: list[dict]) -> dict:
 def _order(label: str):
     if label.startswith("SFT "):
         return (0, int(label.split()[1]))
-    return ({"sft_best": 1, "zero_shot": 2, "TELL (defaults)": 3}.get(label, 4), label)
+    return ({"sft_best": 1, "zero_shot": 2, "TELL (defaults)": 3, "tell_best": 4}.get(label, 5), label)
 
 
 def table(runs: list[dict]) -> str:
@@ -229,12 +230,14 @@ def gap_noise(tell: dict, best: dict) -> tuple[float | None, str]:
 
 def goal(runs: list[dict]) -> str:
     lines = ["| task | rows | sft_best score | TELL (defaults) score | gap | gap's test noise (1 SE) | TELL Δ loss | "
-             "sft_best Δ loss | goal |", "|---|---:|---|---|---:|---|---:|---:|---|"]
+             "sft_best Δ loss | goal | tell_best score | tell_best gap (goal ≥ +0.02) |",
+             "|---|---:|---|---|---:|---|---:|---:|---|---|---|"]
     for (task, rows), cell in sorted(points(runs).items()):
         best, tell = cell.get("sft_best"), cell.get("TELL (defaults)")
         if not best or not tell:
             lines.append(f"| {task} | {rows} | {_fmt(*_ms(best['score'])) if best else '–'} | "
-                         f"{_fmt(*_ms(tell['score'])) if tell else '–'} | – | – | – | – | not measured |")
+                         f"{_fmt(*_ms(tell['score'])) if tell else '–'} | – | – | – | – | not measured | "
+                         f"{_best_columns(cell)} |")
             continue
         bs, ts = _ms(best["score"])[0], _ms(tell["score"])[0]
         bd, td = _ms(best["delta"])[0], _ms(tell["delta"])[0]
@@ -250,8 +253,21 @@ def goal(runs: list[dict]) -> str:
         noise = "–" if se is None else f"{se:.3f} ({how})"
         few = "" if seeds >= 3 else f" ({seeds} seed(s) only)"
         lines.append(f"| {task} | {rows} | {_fmt(*_ms(best['score']))} | {_fmt(*_ms(tell['score']))} | {gap:+.3f} | "
-                     f"{noise} | {td:+.3f} | {bd:+.3f} | {'; '.join(parts)}{few} |")
+                     f"{noise} | {td:+.3f} | {bd:+.3f} | {'; '.join(parts)}{few} | {_best_columns(cell)} |")
     return "\n".join(lines)
+
+
+def _best_columns(cell: dict) -> str:
+    """tell_best's mean score and its gap to sft_best's, with issue 24's goal (+2 points, general loss kept)."""
+    best, kept = cell.get("sft_best"), cell.get("tell_best")
+    if not kept:
+        return "– | –"
+    ks, kd = _ms(kept["score"])[0], _ms(kept["delta"])[0]
+    if not best:
+        return f"{_fmt(*_ms(kept['score']))} | –"
+    gap = ks - _ms(best["score"])[0]
+    verdict = "met" if gap >= BEST_MARGIN - 1e-9 and kd <= LOSS_TOLERANCE else "missed"
+    return f"{_fmt(*_ms(kept['score']))} | {gap:+.3f} ({verdict})"
 
 
 def lever_runs(runs: list[dict], lever: str) -> dict:
