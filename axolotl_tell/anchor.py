@@ -1,4 +1,4 @@
-"""The anchor prompt: where it comes from, and how it enters one raw task row.
+"""The anchor prompt and how it enters one raw task row (which anchor a config asks for: ``anchor_config``).
 
 The anchor goes into the *raw* row, in the dataset's own prompt format, before
 Axolotl's prompt strategy tokenizes it; so it is prompt text (label -100) and
@@ -20,9 +20,8 @@ from __future__ import annotations
 
 import copy
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
-from axolotl_tell.args import DEFAULT_SEPARATOR
+DEFAULT_SEPARATOR = "\n\n"  # between the anchor and the text it prefixes (`tell_anchor_separator`)
 
 
 class AnchorError(ValueError):
@@ -39,36 +38,6 @@ class Anchor:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-def resolve_anchor(cfg, task_data=None) -> Anchor:
-    """The anchor from ``tell_anchor`` or ``tell_anchor_file`` (trailing whitespace stripped).
-
-    ``tell_anchor: auto`` generates it (or reuses the cached one) from the task
-    rows: ``task_data`` is ``[(ds_cfg, raw rows), ...]`` or a callable that
-    returns it (called only for ``auto``); see :mod:`axolotl_tell.auto_anchor`.
-    """
-    placement = cfg.get("tell_anchor_placement") or "auto"
-    separator = cfg.get("tell_anchor_separator")
-    separator = DEFAULT_SEPARATOR if separator is None else separator
-    if str(cfg.get("tell_anchor") or "").strip() == "auto":
-        if task_data is None:
-            raise AnchorError("[axolotl_tell] `tell_anchor: auto` needs the task rows of `tell_task_datasets`. "
-                              "Fix: for `type: axolotl_tell.anchored.*` write the anchor by hand (print one "
-                              "with `axolotl-tell anchor CONFIG` on a config with `tell_task_datasets`).")
-        from axolotl_tell.auto_anchor import generate_anchor
-
-        rows = task_data() if callable(task_data) else task_data
-        return generate_anchor(cfg, rows, placement=placement, separator=separator).anchor
-    if cfg.get("tell_anchor_file"):
-        text = Path(cfg["tell_anchor_file"]).read_text(encoding="utf-8").strip()
-        source = "file"
-    else:
-        text = (cfg.get("tell_anchor") or "").strip()
-        source = "config"
-    if not text:
-        raise AnchorError("[axolotl_tell] `tell_anchor`: the anchor is empty. Fix: write a task description.")
-    return Anchor(text=text, placement=placement, separator=separator, source=source)
 
 
 ANCHOR_KEYS = {"config": "tell_anchor", "file": "tell_anchor_file", "auto": "tell_anchor"}  # by Anchor.source

@@ -13,6 +13,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field, model_validator
 
+from axolotl_tell.anchor import DEFAULT_SEPARATOR
 from axolotl_tell.plan import DEFAULT_GENERAL_RATIO, MAX_GENERAL_RATIO, MAX_TASK_REPEATS, SHORTFALL_POLICIES, SPREADS
 
 PLACEMENTS = ("auto", "system", "prefix")
@@ -24,7 +25,6 @@ BUILTIN_METRICS = ("exact_match", "accuracy", "json_fields")
 # won, 10 lost, sign test p = 0.008), test +0.030; held-out general loss of every weight-10 run 0.02-0.16 nats
 # below the base model's. Measured at 10 and 30 task rows only.
 DEFAULT_TASK_LOSS_WEIGHT = 10.0
-DEFAULT_SEPARATOR = "\n\n"
 
 # Axolotl features that would undo or bypass the planned mix.
 _UNSUPPORTED_WITH_TELL = {
@@ -496,7 +496,7 @@ def _check_seed(seed) -> None:
 
 def _check_task_type(key: str, ds_type) -> None:
     """Task data must be a family the anchor knows how to enter (checked here, before any data is read)."""
-    from axolotl_tell.anchor import AnchorError, dataset_family  # lazy: anchor.py imports this module
+    from axolotl_tell.anchor import AnchorError, dataset_family
 
     if not isinstance(ds_type, str):
         _fail(key, f"must be a type name, got {ds_type!r}",

@@ -121,7 +121,8 @@ def _task_entry(spec: dict, index: int, folder) -> dict:
 
 def anchor(args) -> int:
     """Print the anchor a run would use; `tell_anchor: auto` generates it (and caches it for the run)."""
-    from axolotl_tell.anchor import AnchorError, resolve_anchor
+    from axolotl_tell.anchor import AnchorError
+    from axolotl_tell.anchor_config import resolve_anchor
     from axolotl_tell.auto_anchor import generate_anchor, is_auto
     from axolotl_tell.prepare import _task_entry_cfg, task_raw_data
 

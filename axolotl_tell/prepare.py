@@ -24,7 +24,8 @@ import pyarrow.compute as pc
 from datasets import Dataset, concatenate_datasets, load_from_disk
 
 from axolotl_tell import cache, compat
-from axolotl_tell.anchor import Anchor, check_anchor_tokens, resolve_anchor, rows_holding_anchor
+from axolotl_tell.anchor import Anchor, check_anchor_tokens, rows_holding_anchor
+from axolotl_tell.anchor_config import resolve_anchor
 from axolotl_tell.anchored import AnchoredDatasetStrategy
 from axolotl_tell.args import resolved_ratio, resolved_repeats
 from axolotl_tell.datacheck import (

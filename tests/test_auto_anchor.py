@@ -12,7 +12,8 @@ import yaml
 from tiny import make_workspace, task_alpaca_rows
 
 from axolotl_tell import auto_anchor
-from axolotl_tell.anchor import AnchorError, resolve_anchor
+from axolotl_tell.anchor import AnchorError
+from axolotl_tell.anchor_config import resolve_anchor
 from axolotl_tell.auto_anchor import (
     DEFAULT_TEMPLATE,
     AutoAnchorError,

@@ -98,7 +98,7 @@ def test_unknown_key_in_a_task_entry_is_named(load_cfg, tiny_model, tmp_path):
 
 
 def test_anchor_file_is_read(load_cfg, tiny_model, tmp_path):
-    from axolotl_tell.anchor import resolve_anchor
+    from axolotl_tell.anchor_config import resolve_anchor
 
     path, cfg = make_workspace(tmp_path, tiny_model)
     (tmp_path / "anchor.txt").write_text("  Anchor from a file.\n")

@@ -25,9 +25,9 @@ from axolotl_tell.anchor import (
     anchor_raw_row,
     check_anchor_tokens,
     dataset_family,
-    resolve_anchor,
     resolve_placement,
 )
+from axolotl_tell.anchor_config import resolve_anchor
 
 
 def _tokenizer_chat_template(tokenizer) -> str | None:
