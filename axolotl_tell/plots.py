@@ -60,7 +60,8 @@ def plot_timeline(path, task_positions, total_rows: int, rows_per_step: float, t
         for axis in (top, bottom):
             axis.axvline(kept_at - 0.5, color="tab:green", lw=1.5, ls="--")
         top.text(kept_at - 0.5, (per_step.max() if per_step.size else 1) * 0.8, f" kept: checkpoint of step "
-                 f"{kept_at} (best task metric)", color="tab:green", fontsize=8, va="top")
+                 f"{kept_at} (best task metric)", color="tab:green", fontsize=8, va="top",
+                 bbox={"facecolor": "white", "alpha": 0.8, "linewidth": 0})
     bottom.plot(steps, np.cumsum(per_step) / max(per_step.sum(), 1), color="tab:blue")
     bottom.plot(steps, (steps + 1) / per_step.size, color="gray", lw=1, ls=":", label="ideal (uniform)")
     bottom.set_ylabel("cumulative share")

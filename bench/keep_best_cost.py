@@ -65,6 +65,8 @@ def main(argv=None) -> int:
             "tell_task_test_datasets": [{"path": str(val), "ds_type": "json", "type": "chat_template"}],
             "tell_eval_generate": "exact_match", "tell_eval_max_new_tokens": 24, "tell_keep_best": True})):
         cfg = {**base, **extra, "output_dir": str(work / name), "dataset_prepared_path": str(work / "prepared")}
+        if extra:  # the demo says `save_strategy: "no"`; keep-best saves at each evaluation (a config error else)
+            cfg.pop("save_strategy", None)
         path = work / f"{name}.yml"
         path.write_text(yaml.safe_dump(cfg, sort_keys=False))
         wall = train(path, work / f"{name}.log")
@@ -81,7 +83,7 @@ def main(argv=None) -> int:
     out = ROOT / args.out
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1))
-    print(f"\n| run | train wall (s) | steps | evaluations | kept step |\n|---|---:|---:|---:|---:|")
+    print("\n| run | train wall (s) | steps | evaluations | kept step |\n|---|---:|---:|---:|---:|")
     for name, r in runs.items():
         print(f"| {name} | {r['train_wall_s']} | {r['steps']} | {r['evaluations']} | {r['kept'] or '–'} |")
     print(f"\nadded by tell_keep_best: {added:+.0f} s ({result['added_pct']:+.0f} %) on {result['cpu']}")
