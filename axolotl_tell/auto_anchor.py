@@ -70,6 +70,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from axolotl_tell import ranks
 from axolotl_tell.anchor import INSTRUCTION, MESSAGES, Anchor, AnchorError, dataset_family
 
 LOG = logging.getLogger("axolotl.tell")
@@ -339,7 +340,7 @@ def _device() -> str:
     import torch
 
     if torch.cuda.is_available():
-        return f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+        return f"cuda:{ranks.local_rank()}"
     return "cpu"
 
 

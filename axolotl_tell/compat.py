@@ -1,4 +1,4 @@
-"""Every Axolotl internal the plugin touches, in one place.
+"""Every Axolotl (and accelerate) internal the plugin touches, in one place.
 
 Axolotl's data helpers are not a public API; they moved between 0.19 and
 0.21. Importing them here keeps the rest of the package version-agnostic and
@@ -184,3 +184,17 @@ def dataloader_steps(trainer) -> tuple[int, int]:
 
 def set_max_steps(trainer, steps: int) -> None:
     trainer.args.max_steps = int(steps)
+
+
+def even_batches_refilled_rows(local_batch: int, rows: int, n_rows: int, world: int, rank: int,
+                               batch_size: int) -> list[int]:
+    """Rows of a rank's eval micro-batch that accelerate's ``even_batches`` copied from the start of the set.
+
+    accelerate deals the eval batches round-robin (global batch ``k * world + rank`` is this rank's ``k``-th)
+    and fills the last round with the first rows again; a row whose global position is past the set is such a
+    copy. HF drops them from ``eval_loss``; the per-source sums must too. This mirrors accelerate's
+    ``BatchSamplerShard`` (``even_batches=True``); ``tests/test_source_metrics.py`` checks it against accelerate's own
+    sharding, so a change there fails a test.
+    """
+    first = (local_batch * world + rank) * batch_size
+    return [j for j in range(rows) if first + j >= n_rows]

@@ -1,7 +1,9 @@
 """Which process this is, and the one collective the plugin itself starts (gathering Python objects).
 
 The launcher's environment (``RANK``, ``LOCAL_RANK``, ``WORLD_SIZE``) is read, not the trainer's state: the plugin's
-dataset hooks run before any trainer exists, and the answer must be the same in every hook.
+dataset hooks run before any trainer exists, and the answer must be the same in every hook. (One exception, by
+design: the per-source eval loss masks accelerate's refilled eval rows by the trainer's ``args.process_index``, the
+index accelerate deals batches by.)
 """
 
 from __future__ import annotations

@@ -26,6 +26,8 @@ what two runs trained on. Off (no cost) when the variable is unset.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import hashlib
 import json
 import logging
@@ -33,6 +35,8 @@ import os
 
 import numpy as np
 import torch
+
+from axolotl_tell import compat, ranks
 
 SOURCE_IDS = "tell_source_ids"
 KINDS = ("task", "general")
@@ -49,8 +53,8 @@ def _record(split: str, rows: list) -> None:
     path = os.environ.get(RECORD_ORDER_ENV)
     if not path:
         return
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        path = f"{path}.rank{os.environ.get('RANK', '0')}"
+    if ranks.world_size() > 1:
+        path = f"{path}.rank{ranks.rank()}"
     with open(path, "a", encoding="utf-8") as f:
         f.write(json.dumps({"split": split, "rows": rows}) + "\n")
 
@@ -254,12 +258,25 @@ def _all_reduce_sum(sums: torch.Tensor) -> torch.Tensor:
     return sums.cpu()
 
 
+@dataclasses.dataclass
+class SourcesHandoff:
+    """One micro-batch's source ids on their way from ``compute_loss`` to the model's loss function."""
+
+    source_ids: torch.Tensor
+    split: str
+    consumed: bool = False
+
+
 class SourceAwareCausalLMLoss:
     """transformers' ``ForCausalLMLoss``, computed once per token so the per-source sums come for free.
 
     Same result as the default (shift, float32 CE, ignore -100, sum / ``num_items_in_batch`` or mean), but
     with ``reduction="none"`` first: the training loss is the sum of those per-token losses, and the meter
-    reads them (detached). ``pending`` holds the micro-batch's source ids until the forward consumes them.
+    reads them (detached).
+
+    The model's forward calls this loss with logits and labels only: the micro-batch's source ids reach it through
+    :meth:`batch_sources` (a hand-off the ``compute_loss`` wrapper opens around the forward), and the hand-off says
+    afterwards whether this loss consumed them (else the wrapper scores the returned logits itself).
 
     ``task_weight`` (``tell_task_loss_weight``): in training, each task token's loss is multiplied by it before
     the sum; the denominator stays the supervised token count, so 1 is exactly the stock loss. In a TELL mix
@@ -271,7 +288,19 @@ class SourceAwareCausalLMLoss:
     def __init__(self, meter: SourceLossMeter, default, task_weight: float = 1.0, task_share: float | None = None):
         self.meter, self.default, self.task_weight = meter, default, float(task_weight)
         self.task_share = None if task_share is None else float(task_share)
-        self.pending: tuple[torch.Tensor, str] | None = None
+        self.pending: SourcesHandoff | None = None  # set only inside `batch_sources`
+
+    @contextlib.contextmanager
+    def batch_sources(self, source_ids: torch.Tensor, split: str):
+        """Hand the next forward's loss this micro-batch's source ids; yields the hand-off (``.consumed``)."""
+        if self.pending is not None:  # a hand-off never closed: two forwards interleaved, the sums would mix
+            raise RuntimeError("[axolotl_tell] internal: a micro-batch's source ids were handed over twice")
+        handoff = SourcesHandoff(source_ids, split)
+        self.pending = handoff
+        try:
+            yield handoff
+        finally:
+            self.pending = None
 
     @property
     def reweights(self) -> bool:
@@ -283,12 +312,13 @@ class SourceAwareCausalLMLoss:
 
     def __call__(self, logits, labels, vocab_size: int, num_items_in_batch=None, ignore_index: int = -100,
                  shift_labels=None, **kwargs):
-        pending, self.pending = self.pending, None
-        if pending is None or shift_labels is not None or ignore_index != -100:
-            self.pending = pending  # not measured here: left for the caller to score the returned logits
+        handoff = self.pending
+        if handoff is None or handoff.consumed or shift_labels is not None or ignore_index != -100:
+            # not measured here: the caller scores the returned logits
             return self.default(logits, labels, vocab_size, num_items_in_batch=num_items_in_batch,
                                 ignore_index=ignore_index, shift_labels=shift_labels, **kwargs)
-        source_ids, split = pending
+        handoff.consumed = True
+        source_ids, split = handoff.source_ids, handoff.split
         logits = logits.float()
         shift_labels = torch.nn.functional.pad(labels, (0, 1), value=ignore_index)[..., 1:].reshape(-1)
         shift_labels = shift_labels.to(logits.device)
@@ -347,26 +377,17 @@ def install_source_loss(model, meter: SourceLossMeter, task_weight: float = 1.0,
     return loss
 
 
-def refill_rows(local_batch: int, rows: int, n_rows: int, world: int, rank: int, batch_size: int) -> list[int]:
-    """Rows of a rank's eval micro-batch that accelerate's ``even_batches`` copied from the start of the set.
-
-    accelerate deals the eval batches round-robin (global batch ``k * world + rank`` is this rank's ``k``-th)
-    and fills the last round with the first rows again; a row whose global position is past the set is such a
-    copy. HF drops them from ``eval_loss``; the per-source sums must too.
-    """
-    first = (local_batch * world + rank) * batch_size
-    return [j for j in range(rows) if first + j >= n_rows]
-
-
 class _EvalGeometry:
-    """What :func:`refill_rows` needs about the unpacked eval loader on several ranks, and a batch counter."""
+    """What :func:`compat.even_batches_refilled_rows` needs about the unpacked eval loader on several ranks, and a
+    batch counter."""
 
     def __init__(self, n_rows: int, world: int, rank: int, batch_size: int):
         self.n_rows, self.world, self.rank, self.batch_size = n_rows, world, rank, batch_size
         self.batch = 0
 
     def mask_refills(self, source_ids: torch.Tensor) -> torch.Tensor:
-        copies = refill_rows(self.batch, source_ids.shape[0], self.n_rows, self.world, self.rank, self.batch_size)
+        copies = compat.even_batches_refilled_rows(self.batch, source_ids.shape[0], self.n_rows, self.world,
+                                                   self.rank, self.batch_size)
         self.batch += 1
         if copies:
             source_ids = source_ids.clone()
@@ -384,6 +405,7 @@ def _eval_geometry(trainer) -> _EvalGeometry | None:
         return None
     if getattr(args, "dataloader_persistent_workers", False):
         return None  # the loader is built once and cached: the flag set per evaluation would not reach it
+    # the trainer's own index: accelerate deals eval batches by it (data-parallel ranks; see ranks.py)
     return _EvalGeometry(len(dataset), world, int(args.process_index), int(args.per_device_eval_batch_size))
 
 
@@ -424,13 +446,13 @@ def attach(trainer, meter: SourceLossMeter, *, keep_model_loss: bool = False, re
         if split == "eval" and geometry is not None:
             source_ids = geometry.mask_refills(source_ids)
         labels = inputs.get("labels")  # a compute_loss_func or label smoothing pops them from `inputs`
-        if source_loss is not None:
-            source_loss.pending = (source_ids, split)
-        loss, outputs = compute_loss(model, inputs, return_outputs=True, **kwargs)
-        if source_loss is not None and source_loss.pending is None:  # the forward's loss did the counting
-            return (loss, outputs) if return_outputs else loss
-        if source_loss is not None:
-            source_loss.pending = None
+        if source_loss is None:
+            loss, outputs = compute_loss(model, inputs, return_outputs=True, **kwargs)
+        else:
+            with source_loss.batch_sources(source_ids, split) as handoff:
+                loss, outputs = compute_loss(model, inputs, return_outputs=True, **kwargs)
+            if handoff.consumed:  # the forward's loss did the counting (and the weighting)
+                return (loss, outputs) if return_outputs else loss
             if split == "train" and source_loss.reweights:
                 # labels were taken away before the forward (a compute_loss_func such as Axolotl's EAFT): the
                 # loss was computed elsewhere, without the weight; never train on as if it had been applied

@@ -163,7 +163,7 @@ class _SpecIntoCheckpoints(TrainerCallback):
         self.plugin, self.cfg = plugin, cfg
 
     def on_save(self, args, state, control, **kwargs):
-        if not state.is_local_process_zero:
+        if not ranks.is_local_main_process():
             return
         folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
         if folder.is_dir():
@@ -218,7 +218,7 @@ class _GenerateAtEval(TrainerCallback):
             metrics.update({f"eval_tell/{k}": v for k, v in numbers.items()})
         if self.best_key is not None and metrics is not None and self.best_key in metrics:
             self.plugin.evaluations.append({"step": int(state.global_step), "value": metrics[self.best_key]})
-        if not state.is_world_process_zero:
+        if not ranks.is_main_process():
             return
         record = {"step": state.global_step, **{k: v for k, v in result.items() if isinstance(v, (int, float, str))}}
         out = Path(self.cfg.output_dir)

@@ -139,10 +139,10 @@ def test_source_aware_loss_equals_the_default_loss_and_counts_sources(model_and_
     assert source_loss is not None
     want = reference(**batch, **kwargs)
     want.loss.backward()
-    source_loss.pending = (source_ids, "train")
-    got = patched(**batch, **kwargs)
+    with source_loss.batch_sources(source_ids, "train") as handoff:
+        got = patched(**batch, **kwargs)
     got.loss.backward()
-    assert source_loss.pending is None  # consumed by the forward
+    assert handoff.consumed and source_loss.pending is None  # consumed by the forward, the hand-off closed
     assert torch.allclose(got.loss, want.loss, rtol=1e-6, atol=1e-7)
     for (name, p_ref), (_, p_new) in zip(reference.named_parameters(), patched.named_parameters()):
         assert torch.allclose(p_ref.grad, p_new.grad, rtol=1e-5, atol=1e-7), name
@@ -252,11 +252,12 @@ def test_only_the_trainers_own_loss_logs_carry_per_source_metrics(model_and_toke
 
 @pytest.mark.parametrize("n_rows,world,batch", [(3, 2, 1), (5, 2, 2), (7, 3, 2), (8, 2, 2), (1, 2, 4), (10, 4, 3)])
 def test_refilled_eval_rows_are_exactly_accelerates_even_batches_copies(n_rows, world, batch):
-    """accelerate's own sharding with even_batches: the rows `refill_rows` masks are exactly the repeated ones."""
+    """accelerate's own sharding with even_batches: the rows `compat.even_batches_refilled_rows` masks are exactly
+    the repeated ones."""
     from accelerate.data_loader import BatchSamplerShard
     from torch.utils.data import BatchSampler, SequentialSampler
 
-    from axolotl_tell.source_metrics import refill_rows
+    from axolotl_tell.compat import even_batches_refilled_rows as refill_rows
 
     kept = []
     for rank in range(world):
@@ -336,13 +337,35 @@ def test_task_loss_weight_multiplies_task_tokens_in_training_only(model_and_toke
     task, general = _hand_batch(model, batch, source_ids)
     assert task[1] and general[1]
     denominator = num_items if num_items is not None else task[1] + general[1]
-    source_loss.pending = (source_ids, "train")
-    got = model(**batch, **kwargs).loss
+    with source_loss.batch_sources(source_ids, "train"):
+        got = model(**batch, **kwargs).loss
     assert math.isclose(float(got), (4.0 * task[0] + general[0]) / denominator, rel_tol=1e-5)
     logged = meter.pop("train")  # the logged task loss is the plain mean, not the weighted one
     assert math.isclose(logged["tell/task_loss"], task[0] / task[1], rel_tol=1e-5)
-    source_loss.pending = (source_ids, "eval")
-    assert math.isclose(float(model(**batch, **kwargs).loss), (task[0] + general[0]) / denominator, rel_tol=1e-5)
+    with source_loss.batch_sources(source_ids, "eval"):
+        assert math.isclose(float(model(**batch, **kwargs).loss), (task[0] + general[0]) / denominator, rel_tol=1e-5)
+
+
+def test_a_handoff_is_consumed_once_and_never_left_open(model_and_tokenizer):
+    """The source ids reach one forward's loss; a second forward inside the same hand-off gets the stock loss, and
+    a hand-off opened while another is open is a bug (two micro-batches' sums would mix)."""
+    from transformers import AutoModelForCausalLM
+
+    from axolotl_tell.source_metrics import install_source_loss
+
+    batch, source_ids, kwargs = _padded_batch(model_and_tokenizer[1], None)
+    model = AutoModelForCausalLM.from_pretrained(model_and_tokenizer[0].name_or_path)
+    meter = SourceLossMeter(KINDS)
+    source_loss = install_source_loss(model, meter, task_weight=4.0)
+    stock = float(AutoModelForCausalLM.from_pretrained(model_and_tokenizer[0].name_or_path)(**batch, **kwargs).loss)
+    with source_loss.batch_sources(source_ids, "train") as handoff:
+        weighted = float(model(**batch, **kwargs).loss)
+        again = float(model(**batch, **kwargs).loss)
+        with pytest.raises(RuntimeError, match="handed over twice"):
+            with source_loss.batch_sources(source_ids, "train"):
+                pass
+    assert handoff.consumed and source_loss.pending is None
+    assert weighted != pytest.approx(stock) and again == pytest.approx(stock, rel=1e-6)
 
 
 @pytest.mark.parametrize("num_items", [None, 7])
@@ -362,12 +385,12 @@ def test_task_loss_share_gives_the_task_a_fixed_share_of_the_training_loss(model
     n = task[1] + general[1]
     denominator = num_items if num_items is not None else n
     want = n / denominator * (0.8 * task[0] / task[1] + 0.2 * general[0] / general[1])
-    source_loss.pending = (source_ids, "train")
-    assert math.isclose(float(model(**batch, **kwargs).loss), want, rel_tol=1e-5)
+    with source_loss.batch_sources(source_ids, "train"):
+        assert math.isclose(float(model(**batch, **kwargs).loss), want, rel_tol=1e-5)
     logged = meter.pop("train")
     assert math.isclose(logged["tell/task_loss"], task[0] / task[1], rel_tol=1e-5)
-    source_loss.pending = (source_ids, "eval")
-    assert math.isclose(float(model(**batch, **kwargs).loss), (task[0] + general[0]) / denominator, rel_tol=1e-5)
+    with source_loss.batch_sources(source_ids, "eval"):
+        assert math.isclose(float(model(**batch, **kwargs).loss), (task[0] + general[0]) / denominator, rel_tol=1e-5)
 
 
 def test_task_loss_share_leaves_a_one_source_micro_batch_plain():
