@@ -13,6 +13,16 @@ from datasets import Dataset, DatasetDict, IterableDatasetDict
 
 SUPPORTED_AXOLOTL = ("0.19", "0.20", "0.21")
 
+# Contracts with Axolotl's `train()` that the plugin's end of run relies on (checked against each supported version
+# by tests/test_axolotl_contracts.py, one process and two ranks):
+# * `post_train` is called twice: inside `execute_training` right after `trainer.train()` (before the final model
+#   and tokenizer are saved), then after `save_trained_model` and the tokenizer save. The end-of-run work (record,
+#   generation eval, plots, bake) waits for the second call, so it describes and scores what was saved.
+POST_TRAIN_CALL_AFTER_SAVE = 2
+# * by that second call Axolotl has destroyed the process group (`cleanup_distributed`): the end-of-run work runs
+#   on each node's main process alone and must start no collective (a gather there raises or hangs).
+PROCESS_GROUP_AT_END_OF_RUN = False
+
 
 def axolotl_version() -> str:
     try:

@@ -15,9 +15,7 @@ from axolotl_tell.report import format_table, inference_spec, write_dry_run_repo
 
 LOG = logging.getLogger("axolotl.tell")
 
-# Axolotl 0.19-0.21 call `post_train` twice: inside `execute_training` right after `trainer.train()` (before the
-# final model and tokenizer are saved), then again after the save. The end-of-run work waits for the second.
-POST_TRAIN_CALL_AFTER_SAVE = 2
+POST_TRAIN_CALL_AFTER_SAVE = compat.POST_TRAIN_CALL_AFTER_SAVE
 
 
 _is_main_process = ranks.is_main_process

@@ -154,3 +154,35 @@ def scripted_metric(predictions, references):
 
 
 _SCRIPT_CALLS = 0
+
+
+def _probe_plugin_class():
+    """A plugin listed after the TELL plugin in a test config (`plugins: [..., tiny.ContractProbe]`): records, at
+    each `post_train` call, what the plugin's end-of-run work relies on (tests/test_axolotl_contracts.py)."""
+    from axolotl.integrations.base import BasePlugin
+
+    class ContractProbe(BasePlugin):
+        calls = 0
+
+        def post_train(self, cfg, model):
+            import json
+            import os
+            from pathlib import Path
+
+            import torch.distributed as dist
+
+            ContractProbe.calls += 1
+            out = Path(cfg.output_dir)
+            record = {"call": ContractProbe.calls, "adapter_saved": (out / "adapter_model.safetensors").is_file(),
+                      "tokenizer_saved": (out / "tokenizer_config.json").is_file(),
+                      "process_group": bool(dist.is_available() and dist.is_initialized())}
+            with open(out.parent / f"probe.rank{os.environ.get('RANK', '0')}.jsonl", "a") as f:
+                f.write(json.dumps(record) + "\n")
+
+    return ContractProbe
+
+
+def __getattr__(name):  # `tiny.ContractProbe` imports Axolotl only when a config names it
+    if name == "ContractProbe":
+        return _probe_plugin_class()
+    raise AttributeError(name)
