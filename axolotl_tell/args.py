@@ -364,7 +364,7 @@ def _check_keep_best(cfg: dict) -> None:
               "set `metric_for_best_model: tell/<key your function returns>` (and `greater_is_better: false` "
               "if lower is better)")
     if config_shards_parameters(cfg):
-        _fail("tell_keep_best", "with ZeRO-3, FSDP or tensor parallelism no rank holds the whole model to "
+        _fail("tell_keep_best", "with ZeRO-3, FSDP, tensor or expert parallelism no rank holds the whole model to "
               "generate with during training",
               "use ZeRO-1/2 or DDP for a run that keeps the best checkpoint, or set `tell_keep_best: false` and "
               "score the saved checkpoints with `axolotl-tell infer`")
@@ -380,21 +380,36 @@ def _check_keep_best(cfg: dict) -> None:
         _fail("evals_per_epoch", f"must be an integer >= 1, got {evals!r}", "e.g. `evals_per_epoch: 7`")
 
 
-def config_shards_parameters(cfg) -> bool:
-    """The config asks for ZeRO-3, FSDP or tensor parallelism (the launcher's environment can too: see
-    ``training.sharded_parameters``, which also asks the trainer)."""
+def _deepspeed_config(cfg) -> dict:
+    """The `deepspeed:` config as a dict (a JSON file is read; a broken one is Axolotl's to report)."""
     import json
 
-    if int(cfg.get("tensor_parallel_size") or 1) > 1 or cfg.get("fsdp") or cfg.get("fsdp_config"):
-        return True
     ds = cfg.get("deepspeed")
     if isinstance(ds, str) and os.path.isfile(ds):
         try:
             with open(ds, encoding="utf-8") as f:
                 ds = json.load(f)
         except ValueError:
-            return False  # Axolotl reports a broken DeepSpeed file itself
-    return isinstance(ds, dict) and (ds.get("zero_optimization") or {}).get("stage") == 3
+            return {}
+    return ds if isinstance(ds, dict) else {}
+
+
+def tensor_parallel_degree(cfg) -> int:
+    """Ranks that hold slices of the same layers and see the same tokens: Axolotl's `tensor_parallel_size`, or
+    DeepSpeed AutoTP's `tensor_parallel.autotp_size` (per-source token counts are divided by it)."""
+    autotp = (_deepspeed_config(cfg).get("tensor_parallel") or {}).get("autotp_size") or 1
+    return max(int(cfg.get("tensor_parallel_size") or 1), int(autotp))
+
+
+def config_shards_parameters(cfg) -> bool:
+    """The config asks for parameters no single rank holds whole: ZeRO-3, FSDP, tensor parallelism (Axolotl's or
+    DeepSpeed AutoTP) or expert parallelism (the launcher's environment can too: see
+    ``training.sharded_parameters``, which also asks the trainer)."""
+    if tensor_parallel_degree(cfg) > 1 or cfg.get("fsdp") or cfg.get("fsdp_config"):
+        return True
+    if int(cfg.get("expert_parallel_size") or 1) > 1:
+        return True
+    return (_deepspeed_config(cfg).get("zero_optimization") or {}).get("stage") == 3
 
 
 # Axolotl keys that choose a memory-saving loss: the per-source loss must not replace it with a full float32 CE.

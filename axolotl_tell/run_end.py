@@ -36,7 +36,8 @@ def finish_run(plugin, cfg, model, main: bool = True) -> None:
         from axolotl_tell.training import sharded_parameters
 
         if sharded_parameters(cfg, plugin.trainer):
-            LOG.warning("[axolotl_tell] tell_eval_generate skipped: with ZeRO-3/FSDP the parameters are sharded. "
+            LOG.warning("[axolotl_tell] tell_eval_generate skipped: with ZeRO-3/FSDP/tensor or expert parallelism "
+                        "the parameters are sharded. "
                         "Run `axolotl-tell infer` on the saved adapter.")
         else:
             _guarded("the task generation eval", out, lambda: _generation_eval(plugin, cfg, model, out))

@@ -14,7 +14,7 @@ from transformers import TrainerCallback
 
 from axolotl_tell import compat, ranks
 from axolotl_tell.args import (DEFAULT_TASK_LOSS_WEIGHT, MEMORY_SAVING_LOSS_KEYS, config_shards_parameters,
-                               resolved_task_loss_share, resolved_task_loss_weight)
+                               resolved_task_loss_share, resolved_task_loss_weight, tensor_parallel_degree)
 from axolotl_tell.keep_best import best_metric_key, keep_best, kept_section, steps_between_evaluations
 from axolotl_tell.report import INFERENCE_FILE, write_json
 
@@ -35,7 +35,7 @@ def prepare_trainer(plugin, cfg, trainer) -> None:
         from axolotl_tell.source_metrics import SourceLossMeter, attach
 
         plugin.meter = SourceLossMeter(plugin.source_kinds)
-        plugin.meter_replicas = int(cfg.get("tensor_parallel_size") or 1)  # TP ranks see the same tokens
+        plugin.meter_replicas = tensor_parallel_degree(cfg)  # TP ranks see the same tokens
         keep = [key for key in MEMORY_SAVING_LOSS_KEYS if cfg.get(key)]
         weight = resolved_task_loss_weight(cfg)
         share = resolved_task_loss_share(cfg)
@@ -58,7 +58,8 @@ def prepare_trainer(plugin, cfg, trainer) -> None:
                 raise ValueError("[axolotl_tell] `tell_keep_best`: the parameters are sharded (ZeRO-3/FSDP from the "
                                  "launcher or accelerate config): no rank can generate during training. Fix: use "
                                  "ZeRO-1/2 or DDP, or set `tell_keep_best: false`.")
-            LOG.warning("[axolotl_tell] tell_eval_generate skipped: with ZeRO-3/FSDP the parameters are sharded and "
+            LOG.warning("[axolotl_tell] tell_eval_generate skipped: with ZeRO-3/FSDP/tensor or expert parallelism "
+                        "the parameters are sharded and "
                         "generating on one rank would hang. Run `axolotl-tell infer` on the saved adapter.")
         else:
             trainer.add_callback(_GenerateAtEval(plugin, cfg))

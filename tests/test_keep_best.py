@@ -142,3 +142,27 @@ def test_two_ranks_packed_keep_the_same_best_checkpoint(tiny_model, tmp_path, mo
     assert evals[-1]["step"] == report["trained"]["steps"]
     saved, chosen = _adapter_weights(out), _adapter_weights(out / f"checkpoint-{kept['step']}")
     assert all(torch.equal(saved[k], chosen[k]) for k in saved)
+
+
+@pytest.mark.parametrize("extra,sharded,tp", [
+    ({}, False, 1),
+    ({"deepspeed": {"zero_optimization": {"stage": 2}}}, False, 1),
+    ({"deepspeed": {"zero_optimization": {"stage": 3}}}, True, 1),
+    ({"deepspeed": {"zero_optimization": {"stage": 2}, "tensor_parallel": {"autotp_size": 4}}}, True, 4),
+    ({"tensor_parallel_size": 2}, True, 2),
+    ({"expert_parallel_size": 8}, True, 1),
+    ({"fsdp_config": {"fsdp_version": 2}}, True, 1),
+])
+def test_sharding_is_read_from_every_key_that_shards(tmp_path, extra, sharded, tp):
+    """DeepSpeed AutoTP and expert parallelism shard the parameters too: generation on one rank would run their
+    collectives alone (a hang); AutoTP ranks see the same tokens (per-source counts divided by the TP degree)."""
+    import json
+
+    from axolotl_tell.args import config_shards_parameters, tensor_parallel_degree
+
+    assert config_shards_parameters(extra) is sharded and tensor_parallel_degree(extra) == tp
+    if "deepspeed" in extra:  # a JSON file reads the same as the inline dict
+        path = tmp_path / "ds.json"
+        path.write_text(json.dumps(extra["deepspeed"]))
+        assert config_shards_parameters({"deepspeed": str(path)}) is sharded
+        assert tensor_parallel_degree({"deepspeed": str(path)}) == tp
