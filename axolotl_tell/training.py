@@ -15,7 +15,8 @@ from transformers import TrainerCallback
 from axolotl_tell import compat, ranks
 from axolotl_tell.args import (DEFAULT_TASK_LOSS_WEIGHT, MEMORY_SAVING_LOSS_KEYS, config_shards_parameters,
                                resolved_task_loss_share, resolved_task_loss_weight, tensor_parallel_degree)
-from axolotl_tell.keep_best import best_metric_key, keep_best, kept_section, steps_between_evaluations
+from axolotl_tell.keep_best import (best_metric_key, keep_best, kept_section, later_wins_ties,
+                                    steps_between_evaluations)
 from axolotl_tell.report import INFERENCE_FILE, write_json
 
 LOG = logging.getLogger("axolotl.tell")
@@ -189,6 +190,10 @@ class _GenerateAtEval(TrainerCallback):
         self.plugin, self.cfg = plugin, cfg
         self.tokenizer = None
         self.best_key = best_metric_key(cfg) if keep_best(cfg) else None
+        # the plugin's generation metrics (eval_tell/*): ties go to the later step; others (eval_loss) keep
+        # transformers' rule (the first of equal values)
+        self.ties_to_later = self.best_key is not None and str(self.best_key).startswith("eval_tell/")
+        self.best_raw = None
 
     def on_step_end(self, args, state, control, **kwargs):
         # tell_keep_best: the end point is a candidate too (transformers evaluates only every eval_steps)
@@ -218,7 +223,12 @@ class _GenerateAtEval(TrainerCallback):
         if metrics is not None:
             metrics.update({f"eval_tell/{k}": v for k, v in numbers.items()})
         if self.best_key is not None and metrics is not None and self.best_key in metrics:
-            self.plugin.evaluations.append({"step": int(state.global_step), "value": metrics[self.best_key]})
+            raw = metrics[self.best_key]
+            self.plugin.evaluations.append({"step": int(state.global_step), "value": raw})
+            if self.ties_to_later:
+                metrics[self.best_key] = later_wins_ties(raw, self.best_raw, state.best_metric, args.greater_is_better)
+                better = max if args.greater_is_better else min
+                self.best_raw = raw if self.best_raw is None else better(self.best_raw, raw)
         if not ranks.is_main_process():
             return
         record = {"step": state.global_step, **{k: v for k, v in result.items() if isinstance(v, (int, float, str))}}

@@ -64,6 +64,18 @@ def test_a_custom_metric_needs_its_key_named(tmp_path, monkeypatch):
     validate_tell_config({**cfg, "metric_for_best_model": "tell/score"})
 
 
+def test_a_tie_goes_to_the_later_step_without_changing_the_number():
+    from axolotl_tell.keep_best import later_wins_ties
+
+    assert later_wins_ties(0.9, None, None, True) == 0.9  # first evaluation
+    assert later_wins_ties(0.95, 0.9, 0.9, True) == 0.95  # better: as it is
+    assert later_wins_ties(0.8, 0.9, 0.9, True) == 0.8  # worse: as it is
+    tie = later_wins_ties(0.9, 0.9, 0.9, True)
+    assert tie > 0.9 and tie == pytest.approx(0.9, abs=1e-12)
+    assert later_wins_ties(0.9, 0.9, tie, True) > tie  # a third equal value wins again
+    assert later_wins_ties(1.2, 1.2, 1.2, False) < 1.2  # lower is better
+
+
 def test_kept_section_reads_the_step_from_the_folder_when_transformers_keeps_none():
     kept = kept_section("/out/checkpoint-12", 0.75, None, "eval_tell/exact_match", [], 30)
     assert kept["step"] == 12 and kept["value"] == 0.75 and kept["is_final_step"] is False
@@ -78,35 +90,35 @@ def _adapter_weights(folder: Path) -> dict:
 
 @pytest.mark.e2e
 def test_train_keeps_the_checkpoint_with_the_best_task_metric(tiny_model, tmp_path):
-    """Three evaluations score 0.2, 0.9, 0.1 (a scripted metric): the second step's checkpoint must become the
-    saved adapter, and tell_report.json / tell.json / the plot must name it."""
+    """Four evaluations score 0.2, 0.9, 0.9, 0.1 (a scripted metric): the third step's checkpoint (the later of the
+    tie) must become the saved adapter, and tell_report.json / tell.json / the plot must name it."""
     import subprocess
 
     import torch
 
     cfg_path, cfg = make_workspace(tmp_path, tiny_model, tell_task_eval_rows=2,
                                    tell_eval_generate="tiny.scripted_metric", tell_eval_max_new_tokens=2,
-                                   metric_for_best_model="tell/score", tell_keep_best=True, evals_per_epoch=3,
-                                   save_strategy=None, save_total_limit=5)
+                                   metric_for_best_model="tell/score", tell_keep_best=True, evals_per_epoch=4,
+                                   save_strategy=None, save_total_limit=6)
     bin_dir = Path(sys.executable).parent
     env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
            "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")]),
-           "TELL_TEST_METRIC_SCRIPT": "0.2,0.9,0.1"}
+           "TELL_TEST_METRIC_SCRIPT": "0.2,0.9,0.9,0.1"}
     proc = subprocess.run([str(bin_dir / "axolotl"), "train", str(cfg_path)], cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=600)
     log = proc.stdout + proc.stderr
     assert proc.returncode == 0, log[-4000:]
     out = Path(cfg["output_dir"])
     evals = [json.loads(line) for line in (out / "tell_eval_steps.jsonl").read_text().splitlines()]
-    assert [e["score"] for e in evals] == [0.2, 0.9, 0.1], evals
+    assert [e["score"] for e in evals] == [0.2, 0.9, 0.9, 0.1], evals
     report = json.loads((out / "tell_report.json").read_text())
     steps = report["trained"]["steps"]
     assert evals[-1]["step"] == steps  # the end point was a candidate
-    best = evals[1]["step"]
+    best = evals[2]["step"]
     kept = report["trained"]["kept"]
     assert kept["step"] == best and kept["value"] == 0.9 and kept["metric"] == "eval_tell/score"
     assert kept["is_final_step"] is False and report["trained"]["complete"] is True
-    assert [e["value"] for e in kept["evaluations"]] == [0.2, 0.9, 0.1]
+    assert [e["value"] for e in kept["evaluations"]] == [0.2, 0.9, 0.9, 0.1]
     assert json.loads((out / "tell.json").read_text())["kept"] == {"step": best, "metric": "eval_tell/score",
                                                                    "value": 0.9}
     saved, chosen, last = (_adapter_weights(p) for p in (out, out / f"checkpoint-{best}", out / f"checkpoint-{steps}"))
