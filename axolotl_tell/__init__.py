@@ -5,7 +5,7 @@ Enable it in an Axolotl config with ``plugins: [axolotl_tell.TellPlugin]``.
 (``axolotl_tell.plan``) load without Axolotl.
 """
 
-__version__ = "0.1.0"
+from axolotl_tell.version import __version__
 __all__ = ["TellPlugin", "TellArgs", "__version__"]
 
 

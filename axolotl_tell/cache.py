@@ -17,7 +17,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from axolotl_tell import __version__
+from axolotl_tell.version import __version__
 
 DEFAULT_PREPARED_PATH = "last_run_prepared"
 READY_MARKER = "tell_ready.json"

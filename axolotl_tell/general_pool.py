@@ -34,8 +34,10 @@ from pathlib import Path
 import numpy as np
 from datasets import Dataset, concatenate_datasets, load_from_disk
 
-from axolotl_tell import __version__, cache, compat
+from axolotl_tell import cache, compat
 from axolotl_tell.datacheck import TellDataError, check_columns, check_local_data
+from axolotl_tell.rows import row_token_counts, with_source
+from axolotl_tell.version import __version__
 
 LOG = logging.getLogger("axolotl.tell")
 
@@ -182,7 +184,6 @@ class GeneralPool:
 
     # --- tokenization and cache ------------------------------------------------------------------------------
     def _tokenize_chunk(self, parts) -> tuple[Dataset | None, dict]:
-        from axolotl_tell.prepare import row_token_counts, with_source
 
         kept, stats = [], {"rows_scanned": 0, "rows_dropped_too_long": 0, "rows_dropped_no_supervised_tokens": 0}
         for entry, raw in parts:
@@ -236,7 +237,6 @@ class GeneralPool:
         """Kept rows in scan order until their supervised tokens reach ``budget``, or the whole pool."""
         from filelock import FileLock
 
-        from axolotl_tell.prepare import row_token_counts
 
         self.folder.mkdir(parents=True, exist_ok=True)
         parts, lengths, supervised = [], [], []

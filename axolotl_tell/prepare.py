@@ -20,7 +20,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pyarrow.compute as pc
 from datasets import Dataset, concatenate_datasets, load_from_disk
 
 from axolotl_tell import cache, compat
@@ -29,7 +28,6 @@ from axolotl_tell.anchor_config import resolve_anchor
 from axolotl_tell.anchored import AnchoredDatasetStrategy
 from axolotl_tell.args import resolved_ratio, resolved_repeats
 from axolotl_tell.datacheck import (
-    TOKEN_COLUMNS,
     TellDataError,
     check_columns,
     check_local_data,
@@ -40,10 +38,10 @@ from axolotl_tell.datacheck import (
 from axolotl_tell.general_pool import GeneralPool, GeneralRows
 from axolotl_tell.plan import MixPlan, PlanError, PlanTooLargeError, build_plan, general_budget, resolve_repeats
 from axolotl_tell.report import build_report
+from axolotl_tell.rows import SOURCE_COLUMN, row_token_counts, with_source  # noqa: F401 - public here too
 
 LOG = logging.getLogger("axolotl.tell")
 
-SOURCE_COLUMN = "tell_source"
 NO_LIMIT = 1 << 30  # task rows are tokenized untruncated, then checked against sequence_len
 DEFAULT_SEED = 42
 
@@ -60,47 +58,6 @@ class PreparedTell:
 
 def run_seed(cfg) -> int:
     return int(cfg.seed) if cfg.get("seed") is not None else DEFAULT_SEED
-
-
-COUNT_BATCH_ROWS = 1 << 16
-
-
-def row_token_counts(dataset: Dataset, batch_rows: int = COUNT_BATCH_ROWS) -> tuple[np.ndarray, np.ndarray]:
-    """(total tokens, supervised tokens) per row, vectorised over Arrow buffers.
-
-    Streams the rows in batches of ``batch_rows``: memory is the two int64 outputs (16 bytes per row) plus
-    about 9 bytes per token of one batch, whatever the dataset's size (``bench/scale.py`` measures it).
-    """
-    n = len(dataset)
-    lengths, supervised = np.zeros(n, np.int64), np.zeros(n, np.int64)
-    if n == 0:
-        return lengths, supervised
-    start = 0
-    for batch in dataset.select_columns(["input_ids", "labels"]).with_format("arrow").iter(batch_size=batch_rows):
-        rows = batch.num_rows
-        lengths[start:start + rows] = pc.list_value_length(batch.column("input_ids")).to_numpy(zero_copy_only=False)
-        at = start
-        for labels in batch.column("labels").chunks:
-            offsets = labels.offsets.to_numpy()
-            flat = labels.flatten().to_numpy(zero_copy_only=False)
-            trained = np.zeros(flat.size + 1, np.int64)
-            np.cumsum(flat != -100, out=trained[1:])
-            supervised[at:at + len(labels)] = trained[offsets[1:] - offsets[0]] - trained[offsets[:-1] - offsets[0]]
-            at += len(labels)
-        start += rows
-    return lengths, supervised
-
-
-def with_source(dataset: Dataset, source_id: int) -> Dataset:
-    keep = [c for c in TOKEN_COLUMNS if c in dataset.column_names]
-    missing = [c for c in ("input_ids", "labels") if c not in keep]
-    if missing:
-        raise TellDataError(f"[axolotl_tell] tokenized rows lack {missing}; the dataset type must produce labels. "
-                            "Fix: use a `type` that tokenizes into input_ids and labels (an SFT prompt strategy).")
-    dataset = dataset.select_columns(keep)
-    if "attention_mask" not in keep:
-        dataset = dataset.map(lambda r: {"attention_mask": [1] * len(r["input_ids"])})
-    return dataset.add_column(SOURCE_COLUMN, np.full(len(dataset), source_id, dtype=np.int16))
 
 
 def _task_entry_cfg(entry: dict, cfg):

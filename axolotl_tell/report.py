@@ -11,7 +11,7 @@ import json
 import os
 from pathlib import Path
 
-from axolotl_tell import __version__
+from axolotl_tell.version import __version__
 from axolotl_tell.anchor import Anchor
 from axolotl_tell.plan import MixPlan
 

@@ -9,7 +9,7 @@ usage: python bench/scale.py [--out bench/results/scale_cpu.json] [--plan-rows 1
    tokens: every row is planned, the worst case). Time: best of ``--reps`` calls. Memory: tracemalloc's peak
    during one more call (numpy reports its buffers to tracemalloc; the inputs are excluded, the returned order is
    included), divided by the pool's rows.
-2. ``axolotl_tell.prepare.row_token_counts`` on a ``--count-rows``-row dataset saved with ``save_to_disk`` and
+2. ``axolotl_tell.rows.row_token_counts`` on a ``--count-rows``-row dataset saved with ``save_to_disk`` and
    memory-mapped back with ``load_from_disk`` (as the prepared general data is), row lengths uniform around
    ``--mean-tokens`` (input_ids int32, labels int64 with the first ~40% of each row masked, as Axolotl writes
    them). Each implementation runs in a fresh process: time (best of ``--reps``); memory allocated by the call
@@ -145,7 +145,7 @@ def make_count_dataset(path: Path, rows: int, mean_tokens: int) -> dict:
 def _count_worker(path: str, impl: str, reps: int, queue) -> None:
     from datasets import load_from_disk
 
-    from axolotl_tell.prepare import row_token_counts
+    from axolotl_tell.rows import row_token_counts
 
     import pyarrow as pa
 
@@ -182,7 +182,7 @@ def bench_counts(rows: int, mean_tokens: int, reps: int) -> dict:
         r["allocated_bytes_per_row"] = round(r["allocated_peak_bytes"] / rows, 2)
         r["allocated_bytes_per_token"] = round(r["allocated_peak_bytes"] / shape["tokens"], 2)
         r["rss_growth_bytes_per_row"] = round(r["rss_peak_growth_bytes"] / rows, 2)
-    from axolotl_tell.prepare import COUNT_BATCH_ROWS
+    from axolotl_tell.rows import COUNT_BATCH_ROWS
 
     return {**shape, "batch_rows": COUNT_BATCH_ROWS, "batched": batched, "v1": v1}
 

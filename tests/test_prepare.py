@@ -269,7 +269,10 @@ def test_the_tell_json_the_plugin_writes_passes_its_own_validation(load_cfg, tin
     write_json(tmp_path / "out" / INFERENCE_FILE, inference_spec(prepared.report, cfg))  # what training writes
     spec = load_spec(tmp_path / "out")
     assert spec == json.loads(json.dumps(inference_spec(prepared.report, cfg), default=str))
-    assert set(spec) == set(SPEC_KEYS)
+    assert set(spec) == set(SPEC_KEYS) - {"kept"}  # `kept`: written only after tell_keep_best chose a checkpoint
+    kept = {**spec, "kept": {"step": 12, "metric": "eval_tell/exact_match", "value": 0.65}}
+    write_json(tmp_path / "out" / INFERENCE_FILE, kept)
+    assert load_spec(tmp_path / "out") == kept
 
 
 def test_a_jinja_template_file_is_written_into_tell_json_as_text(load_cfg, tiny_model, tmp_path):

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from datasets import Dataset, concatenate_datasets, load_from_disk
 
-from axolotl_tell.prepare import row_token_counts
+from axolotl_tell.rows import row_token_counts
 
 ROOT = Path(__file__).resolve().parent.parent
 

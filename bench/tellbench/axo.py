@@ -80,7 +80,7 @@ def prepared_dataset(prepared: Path):
 
 def row_counts(dataset) -> tuple[np.ndarray, np.ndarray]:
     """(tokens, supervised tokens) per row of a tokenized dataset: the plugin's own counter."""
-    from axolotl_tell.prepare import row_token_counts
+    from axolotl_tell.rows import row_token_counts
 
     return row_token_counts(dataset)
 

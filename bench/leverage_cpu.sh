@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Issue 24's leverage grid on the 2-core CPU (grid `leverage_cpu`), one cell per call so other heavy jobs waiting on
+# the same lock (flock /tmp/torch.lock) can run between cells; resumable (cells in the results file are skipped).
+# Never beside the test suite.   bash bench/leverage_cpu.sh [step ...]   (default: every step in order)
+set -uo pipefail
+cd "$(dirname "$0")/.."
+export AXOLOTL_DO_NOT_TRACK=1 HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 WANDB_MODE=disabled \
+       TOKENIZERS_PARALLELISM=false OMP_NUM_THREADS=$(nproc)
+PY=${PY:-.venv/bin/python}
+flags=$(grep -m1 '^flags' /proc/cpuinfo | grep -o -w -E 'avx512_bf16|amx_bf16' | sort -u | xargs)
+NOTE=${NOTE:-"$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(nproc) cores, bf16: ${flags:-not native}"}
+OUT=bench/results/leverage_cpu.json
+cells() {  # every cell of one filter, one bench/run.py call each (a lock per cell)
+  while :; do
+    before=$("$PY" -c "import json,sys; print(len(json.load(open(sys.argv[1]))['runs']))" "$OUT" 2>/dev/null || echo 0)
+    flock /tmp/torch.lock env PATH="$(dirname "$PY"):$PATH" "$PY" bench/run.py --grid leverage_cpu --out "$OUT" \
+      --device cpu --device-note "$NOTE" --max-cells 1 "$@" | grep -E "^\[bench\] (grid|.*score|FAILED)"
+    after=$("$PY" -c "import json,sys; print(len(json.load(open(sys.argv[1]))['runs']))" "$OUT" 2>/dev/null || echo 0)
+    [ "$after" -gt "$before" ] || break   # nothing left (or a cell failed: its error is in the output above)
+  done
+}
+step_qf100()  { cells --tasks question_formation --sizes 100 --seeds 0; }   # the first cell above 30 rows
+step_new10()  { for t in sports_understanding object_counting fact_verification disfl_qa; do
+                  cells --tasks "$t" --sizes 10 --seeds 0; done; }            # the four new tasks, 10 rows
+step_os100()  { cells --tasks opinion_sentiment --sizes 100 --seeds 0; }
+steps=("$@"); [ ${#steps[@]} -gt 0 ] || steps=(qf100 new10 os100)
+for s in "${steps[@]}"; do echo "== leverage_cpu step $s"; "step_$s"; done
+.venv/bin/python bench/run.py --report-only --out "$OUT" > /dev/null
