@@ -184,6 +184,10 @@ class TellArgs(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _check_tell(cls, data: Any) -> Any:
+        if isinstance(data, dict):  # any config listing the plugin: bf16 must fit a CPU-only machine's CPU
+            from axolotl_tell.cpu_precision import fit_precision_to_cpu
+
+            fit_precision_to_cpu(data)
         if isinstance(data, dict) and tell_enabled(data):
             validate_tell_config(data)
             force_planned_order(data)

@@ -33,18 +33,22 @@ def baked_template(template: str, anchor: str) -> str:
     return f"{MARK}\n{preamble}\n{template}"
 
 
+class BakeError(ValueError):
+    """The anchor cannot be baked into that folder's chat template."""
+
+
 def bake_anchor(folder, spec: dict) -> str:
     """Rewrite the chat template saved in ``folder`` (an adapter or a merged model); returns the new template."""
     from transformers import AutoTokenizer
 
     placements = {entry.get("placement") for entry in spec["task_datasets"]}
     if placements != {"system"}:
-        raise ValueError(f"[axolotl_tell] `tell_bake_anchor`: the anchor was placed as {sorted(placements)}, "
-                         "not as a system turn. Fix: bake only chat_template task data with placement system.")
+        raise BakeError(f"[axolotl_tell] `tell_bake_anchor`: the anchor was placed as {sorted(placements)}, "
+                        "not as a system turn. Fix: bake only chat_template task data with placement system.")
     tokenizer = AutoTokenizer.from_pretrained(folder)
     if not isinstance(tokenizer.chat_template, str):
-        raise ValueError(f"[axolotl_tell] `tell_bake_anchor`: no chat template saved in {folder}. Fix: point "
-                         "`--into` at a folder with the trained tokenizer (the output_dir or the merged model).")
+        raise BakeError(f"[axolotl_tell] `tell_bake_anchor`: no chat template saved in {folder}. Fix: point "
+                        "`--into` at a folder with the trained tokenizer (the output_dir or the merged model).")
     tokenizer.chat_template = baked_template(tokenizer.chat_template, spec["anchor"]["text"])
     tokenizer.save_pretrained(folder)
     return tokenizer.chat_template

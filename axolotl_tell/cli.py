@@ -1,6 +1,8 @@
-"""`axolotl-tell preview | infer | anchor`: check the mix before training, serve with the trained anchor.
+"""`axolotl-tell preview | infer | bake | anchor`: check the mix before training, serve with the trained anchor.
 
-    axolotl-tell preview CONFIG [--examples 1]
+A user error (a bad config, data, anchor or folder) prints its message and exits 2; `--debug` shows the traceback.
+
+    axolotl-tell [--debug] preview CONFIG [--examples 1]
     axolotl-tell anchor CONFIG [--regenerate] [--show-prompt]
     axolotl-tell infer CONFIG --prompt TEXT [--input TEXT] [--max-new-tokens 64] [--show-prompt] [--adapter DIR]
                        [--dataset-index 0] [--base-model-only]
@@ -63,25 +65,21 @@ def preview(args) -> int:
 
 def infer(args) -> int:
     """Generate greedily from the saved adapter, with the anchor exactly as in training."""
-    from axolotl_tell.generate import ModelFolderError, generate, load_model
-    from axolotl_tell.prompting import TellSpecError, load_spec, prompt_ids, row_from_text
+    from axolotl_tell.generate import generate, load_model
+    from axolotl_tell.prompting import load_spec, prompt_ids, row_from_text
 
     from axolotl_tell.generate import check_adapter_folder
 
     cfg = _load_cfg(args.config)
     folder = args.adapter or cfg.output_dir
-    try:
-        if args.base_model_only:
-            spec = _spec_for_base_model(cfg, folder)
-        else:
-            check_adapter_folder(folder)  # first: "no adapter" says more than "no tell.json"
-            spec = load_spec(folder)
-        entry = _task_entry(spec, args.dataset_index, folder)
-        model, tokenizer = load_model(cfg.base_model, adapter=None if args.base_model_only else folder,
-                                      trust_remote_code=bool(cfg.get("trust_remote_code")))  # the config's, only
-    except (FileNotFoundError, TellSpecError, ModelFolderError) as err:
-        print(str(err), file=sys.stderr)
-        return 1
+    if args.base_model_only:
+        spec = _spec_for_base_model(cfg, folder)
+    else:
+        check_adapter_folder(folder)  # first: "no adapter" says more than "no tell.json"
+        spec = load_spec(folder)
+    entry = _task_entry(spec, args.dataset_index, folder)
+    model, tokenizer = load_model(cfg.base_model, adapter=None if args.base_model_only else folder,
+                                  trust_remote_code=bool(cfg.get("trust_remote_code")))  # the config's, only
     row = row_from_text(entry, args.prompt, args.input or "")
     ids = prompt_ids(spec, tokenizer, row, args.dataset_index)
     if args.show_prompt:
@@ -121,23 +119,18 @@ def _task_entry(spec: dict, index: int, folder) -> dict:
 
 def anchor(args) -> int:
     """Print the anchor a run would use; `tell_anchor: auto` generates it (and caches it for the run)."""
-    from axolotl_tell.anchor import AnchorError
     from axolotl_tell.anchor_config import resolve_anchor
     from axolotl_tell.auto_anchor import generate_anchor, is_auto
     from axolotl_tell.prepare import _task_entry_cfg, task_raw_data
 
     cfg = _load_cfg(args.config)
-    try:
-        if not is_auto(cfg):
-            found = resolve_anchor(cfg)
-            print(f"anchor (source: {found.source}):\n\n{found.text}")
-            return 0
-        entries = [_task_entry_cfg(dict(e), cfg) for e in cfg.tell_task_datasets or []]
-        result = generate_anchor(cfg, task_raw_data(cfg, entries), placement=cfg.get("tell_anchor_placement") or "auto",
-                                 use_cache=not args.regenerate)
-    except AnchorError as err:
-        print(str(err), file=sys.stderr)
-        return 1
+    if not is_auto(cfg):
+        found = resolve_anchor(cfg)
+        print(f"anchor (source: {found.source}):\n\n{found.text}")
+        return 0
+    entries = [_task_entry_cfg(dict(e), cfg) for e in cfg.tell_task_datasets or []]
+    result = generate_anchor(cfg, task_raw_data(cfg, entries), placement=cfg.get("tell_anchor_placement") or "auto",
+                             use_cache=not args.regenerate)
     if args.show_prompt:
         print(f"=== generation prompt ===\n{result.prompt}\n=== raw output ===\n{result.raw}\n===")
     meta = result.anchor.meta or {}
@@ -164,6 +157,7 @@ def bake(args) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="axolotl-tell", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of a user error too")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("preview", help="plan the mix without training; print and plot it")
     p.add_argument("config")
@@ -192,11 +186,52 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+USER_ERROR_EXIT = 2
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """What a user fixes in a config, data file, anchor or folder: each names the problem and the fix. Anything
+    else is a bug and keeps its traceback."""
+    from pydantic import ValidationError  # Axolotl's config schema, with the plugin's checks inside
+
+    from axolotl_tell.anchor import AnchorError
+    from axolotl_tell.args import TellConfigError
+    from axolotl_tell.bake import BakeError
+    from axolotl_tell.cpu_precision import CpuPrecisionError
+    from axolotl_tell.datacheck import TellDataError
+    from axolotl_tell.generate import ModelFolderError
+    from axolotl_tell.plan import PlanError
+    from axolotl_tell.prompting import TellSpecError
+
+    return (ValidationError, FileNotFoundError, TellConfigError, AnchorError, BakeError, CpuPrecisionError,
+            TellDataError, ModelFolderError, PlanError, TellSpecError)
+
+
 def main(argv=None) -> int:
     for key, value in OFFLINE_DEFAULTS.items():
         os.environ.setdefault(key, value)
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except Exception as err:
+        if args.debug or not isinstance(err, _user_errors()):
+            raise
+        print(f"axolotl-tell {args.command}: {_message(err)}\n(--debug shows the traceback)", file=sys.stderr)
+        return USER_ERROR_EXIT
+
+
+def _message(err: Exception) -> str:
+    """A config schema error's own messages (pydantic's text repeats the whole config as `input_value`)."""
+    from pydantic import ValidationError
+
+    if not isinstance(err, ValidationError):
+        return str(err)
+    lines = []
+    for e in err.errors():
+        where = ".".join(str(part) for part in e.get("loc") or ())
+        msg = str(e.get("msg", "")).removeprefix("Value error, ")
+        lines.append(f"`{where}`: {msg}" if where else msg)
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -106,8 +106,11 @@ class Bench:
         self.profile = "gpu" if self.device.startswith("cuda") else "cpu"
         if self.device.startswith("cuda"):
             name = torch.cuda.get_device_name(0)
-        else:
-            name = f"cpu ({os.cpu_count()} cores)"
+        else:  # every CPU number names its CPU and whether it computes bf16 natively (BENCHMARKS.md)
+            from axolotl_tell.cpu_precision import detect_cpu_bf16
+
+            self.cpu = detect_cpu_bf16()
+            name = f"cpu ({os.cpu_count()} cores; {self.cpu.cpu}; {'' if self.cpu.native else 'no '}native bf16)"
         self.device_name = name + (f"; {args.device_note}" if args.device_note else "")
         self.batch = 32 if self.profile == "gpu" else 8
         self.work = Path(args.work).resolve()
@@ -136,7 +139,11 @@ class Bench:
         return data.write_jsonl(self.work / "data" / f"task-{cell.task_name}-n{cell.task_rows}-s{cell.seed}.jsonl", rows)
 
     def settings(self, cell: Cell) -> dict:
-        return configs.training_settings(self.grids, self.profile, cell.overrides.get("train"))
+        settings = configs.training_settings(self.grids, self.profile, cell.overrides.get("train"))
+        if self.profile == "cpu" and settings.get("bf16") == "auto":
+            # resolved here as the plugin would: plain-Axolotl cells get the same precision, records say what ran
+            settings["bf16"] = self.cpu.native
+        return settings
 
     def repeats(self, cell: Cell) -> int:
         from axolotl_tell.plan import auto_task_repeats

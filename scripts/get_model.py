@@ -206,6 +206,10 @@ def remove_stale_work_dirs(parent: str) -> None:
 
 
 def main() -> None:
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from quiet import quiet_known_noise
+
+    quiet_known_noise()  # torchao's CUDA kernels, a torch deprecation: noise on the demo's first screen
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", default=DEFAULT_OUT, help=f"target HF folder (default {DEFAULT_OUT})")
     ap.add_argument("--wheel-dir", default=DEFAULT_WHEEL_DIR,

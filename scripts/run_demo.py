@@ -22,6 +22,10 @@ import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "scripts"))
+from quiet import quiet_known_noise  # noqa: E402
+
+quiet_known_noise()  # before torch, torchao, peft and bitsandbytes are imported
 ENV = {"OMP_NUM_THREADS": str(os.cpu_count() or 1),  # accelerate launch would set 1
        "AXOLOTL_DO_NOT_TRACK": "1", "DO_NOT_TRACK": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
        "TRANSFORMERS_OFFLINE": "1", "WANDB_MODE": "disabled", "TOKENIZERS_PARALLELISM": "false"}
@@ -60,6 +64,7 @@ def main():
     import datasets
 
     datasets.disable_progress_bars()
+    from axolotl_tell.cpu_precision import detect_cpu_bf16
     from axolotl_tell.generate import load_model
     from axolotl_tell.prompting import load_spec
 
@@ -69,6 +74,8 @@ def main():
     test_rows = read_jsonl(ROOT / a.test)[: a.n_test]
     general_rows = read_jsonl(ROOT / a.general_heldout)
     t0 = time.time()
+    cpu = detect_cpu_bf16()  # what `bf16: auto` follows on a CPU-only machine (the plugin's detection)
+    print(f"[demo] CPU: {cpu.cpu}, {'native' if cpu.native else 'no native'} bf16 ({cpu.why})", flush=True)
 
     print(f"[demo] 1/4 axolotl preprocess {a.config}", flush=True)
     t_pre = axolotl("preprocess", a.config, out / "preprocess.log")
@@ -77,6 +84,8 @@ def main():
     print(f"[demo] 2/4 axolotl train {a.config} (log: {out / 'train.log'})", flush=True)
     t_train = axolotl("train", a.config, out / "train.log")
     spec = load_spec(out)  # tell.json: written by training, next to the adapter
+    precision = json.loads((out / "tell_report.json").read_text())["trained"].get("precision", "unknown")
+    print(f"[demo]     trained in {precision}", flush=True)
 
     print("[demo] 3/4 scoring the base model (anchored prompts)", flush=True)
     model, tok = load_model(str(ROOT / cfg["base_model"]))
@@ -95,7 +104,8 @@ def main():
                 "general_rows": report["general"]["rows_used"], "ratio": report["ratio"]},
         "before": before, "after": after,
         "wall_s": {"preprocess": round(t_pre, 1), "train": round(t_train, 1), "total": round(time.time() - t0, 1)},
-        "device": "cpu", "cpu_count": os.cpu_count(),
+        "device": "cpu", "cpu_count": os.cpu_count(), "precision": precision,
+        "cpu": {"name": cpu.cpu, "native_bf16": cpu.native, "why": cpu.why},
     }
     (out / "demo_scores.json").write_text(json.dumps(result, indent=2))
     print("\n  TELL demo: question_formation, SmolLM2-135M-Instruct, LoRA on CPU")
@@ -104,6 +114,7 @@ def main():
     print(f"  {'':<24}{'before':>10}{'after':>10}")
     print(f"  {'task exact match':<24}{before['task']['score']:>10.2f}{after['task']['score']:>10.2f}")
     print(f"  {'held-out general loss':<24}{before['general_loss']:>10.3f}{after['general_loss']:>10.3f}")
+    print(f"  precision: {precision} ({'native' if cpu.native else 'no native'} bf16 on {cpu.cpu})")
     print(f"  wall time: preprocess {t_pre:.0f}s, train {t_train:.0f}s, total {time.time() - t0:.0f}s")
     print(f"  examples: {after['task']['examples'][:3]}")
     print(f"  results: {out / 'demo_scores.json'}")

@@ -319,7 +319,7 @@ def test_cli_anchor_prints_generates_and_reuses(tiny_model, tmp_path, fake_gener
     assert not (tmp_path / "out").exists()  # nothing trained, no outputs written
 
     fake_generation["text"] = ""
-    assert main(["anchor", str(path), "--regenerate"]) == 1
+    assert main(["anchor", str(path), "--regenerate"]) == 2
     assert "is empty" in capsys.readouterr().err
 
     cfg["tell_anchor"] = "You do the task."

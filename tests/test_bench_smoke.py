@@ -136,3 +136,25 @@ def test_a_task_given_as_a_path_to_its_yaml_gets_a_cell_folder_inside_the_work_f
         assert cell.task_name == "question_formation" and "/" not in cell.slug
         work = tmp_path / "work"
         (work / "cells" / cell.slug).relative_to(work)  # what the runner does with every cell folder
+
+
+@pytest.mark.parametrize("native", ["1", "0"])
+def test_the_cpu_profile_trains_bf16_only_where_the_cpu_has_it_and_names_the_cpu(tiny_model, tmp_path, native,
+                                                                                 monkeypatch):
+    """`bf16: auto` in the cpu profile is resolved by the detection the plugin uses: configs, the record's
+    `precision` and the plain cells' plugin listing follow it; the device names the CPU and its bf16."""
+    from axolotl_tell.cpu_precision import ENV
+
+    monkeypatch.setenv(ENV, native)
+    sys.path[:0] = [str(ROOT / "bench"), str(ROOT)]
+    import run as bench_run
+    from tellbench.spec import expand
+
+    b = bench_run.Bench(bench_run.parse_args(["--grid", "smoke", "--out", str(tmp_path / "r.json"),
+                                              "--model", str(tiny_model), "--work", str(tmp_path / "w"),
+                                              "--device", "cpu"]))
+    assert bench_run.load_grids(b.args.grids)["profiles"]["cpu"]["bf16"] == "auto"
+    settings = b.settings(expand("smoke")[0])
+    assert settings["bf16"] is (native == "1") and b.cpu_bf16(settings) is (native == "1")
+    assert b.cpu.cpu in b.device_name
+    assert b.device_name.endswith(f"{'' if native == '1' else 'no '}native bf16)")

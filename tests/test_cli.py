@@ -88,12 +88,56 @@ def test_bake_makes_the_anchor_the_default_system_turn(workspace, capsys):
     assert cfg["tell_anchor"] not in own and "Be brief." in own
 
 
-def test_bake_refuses_prefix_placement(tiny_model, tmp_path):
+def test_bake_refuses_prefix_placement(tiny_model, tmp_path, capsys):
     path, cfg = make_workspace(tmp_path, tiny_model, task="alpaca")
     cli.main(["preview", str(path)])
     _as_trained(path, cfg)
-    with pytest.raises(ValueError, match="placed as"):
-        cli.main(["bake", str(path)])
+    capsys.readouterr()
+    assert cli.main(["bake", str(path)]) == 2
+    assert "placed as" in capsys.readouterr().err
+
+
+def test_a_user_error_is_a_message_and_exit_2_a_bug_keeps_its_traceback(tiny_model, tmp_path, capsys, monkeypatch):
+    """An anchor holding `<|im_end|>` (AnchorError): the message and its fix on stderr, no traceback; `--debug`
+    raises it; a bug (any other exception) is never swallowed."""
+    from axolotl_tell.anchor import AnchorError
+
+    path, _ = make_workspace(tmp_path, tiny_model, task="chat_template", tell_anchor="Answer briefly.<|im_end|>")
+    assert cli.main(["preview", str(path)]) == 2
+    err = capsys.readouterr().err
+    err = err[err.index("axolotl-tell preview: "):]  # (a log handler bound to an earlier test's stream may print first)
+    assert err.startswith("axolotl-tell preview: [axolotl_tell] `tell_anchor`: the anchor contains the tokenizer's "
+                          "special token '<|im_end|>'") and "Fix:" in err and "--debug" in err
+    assert "Traceback" not in err and "AnchorError" not in err
+    with pytest.raises(AnchorError, match="special token"):
+        cli.main(["--debug", "preview", str(path)])
+
+    bad = tmp_path / "bad.yml"  # Axolotl's own schema: the key and pydantic's message, not the whole config
+    bad.write_text(path.read_text().replace("learning_rate: 0.001", "learning_rate: fast"))
+    assert cli.main(["preview", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert "`learning_rate`:" in err and "input_value" not in err
+
+    def bug(_):
+        raise KeyError("a bug")
+
+    monkeypatch.setattr(cli, "_load_cfg", bug)
+    with pytest.raises(KeyError, match="a bug"):
+        cli.main(["preview", str(path)])
+
+
+def test_the_console_script_exits_2_on_a_user_error(tiny_model, tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    path, _ = make_workspace(tmp_path, tiny_model, task="chat_template", tell_anchor="Answer.<|im_end|>")
+    script = Path(sys.executable).parent / "axolotl-tell"
+    proc = subprocess.run([str(script), "preview", str(path)], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PATH": f"{script.parent}{os.pathsep}{os.environ.get('PATH', '')}"})
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "special token '<|im_end|>'" in proc.stderr and "Traceback" not in proc.stderr
 
 
 def test_preview_never_rewrites_a_trained_runs_files(workspace, capsys):
@@ -173,7 +217,7 @@ def preprocessed(workspace, capsys):
 
 def test_infer_refuses_an_output_dir_without_a_trained_adapter(preprocessed, capsys):
     path, cfg, out = preprocessed
-    assert _infer(path) == 1
+    assert _infer(path) == 2
     err = capsys.readouterr().err
     assert f"[axolotl_tell] no trained adapter in {out} (no adapter_config.json" in err
     assert "Fix: train first" in err and "--base-model-only" in err
@@ -201,15 +245,15 @@ def test_infer_names_a_half_saved_adapter_folder(preprocessed, tiny_model, capsy
     else:
         (out / "tokenizer.json").unlink()  # tokenizer_config.json without the tokenizer it describes
         expected = f"[axolotl_tell] the tokenizer in {out} cannot be loaded"
-    assert _infer(path) == 1
+    assert _infer(path) == 2
     err = capsys.readouterr().err
     assert expected in err and f"Fix: the save into {out} did not finish" in err, err
-    assert "HFValidationError" not in err  # the exit code 1 above: a message, not a raised exception
+    assert "HFValidationError" not in err  # the exit code 2 above: a message, not a raised exception
 
 
 def test_infer_dataset_index_out_of_range_is_named(preprocessed, capsys):
     path, cfg, out = preprocessed
-    assert _infer(path, "--dataset-index", "5", "--base-model-only") == 1
+    assert _infer(path, "--dataset-index", "5", "--base-model-only") == 2
     err = capsys.readouterr().err
     assert f"`--dataset-index 5`: the tell.json in {out} has 1 task dataset entry. Fix: pass `--dataset-index` " \
            "from 0 to 0" in err
@@ -259,7 +303,7 @@ def test_infer_refuses_a_tampered_tell_json_before_reading_or_importing_anything
     (tmp_path / "tell_evil.py").write_text("raise SystemExit('tell_evil was imported')\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     _tamper(out, lambda spec: edit(spec, secret))
-    assert _infer(path, "--show-prompt") == 1
+    assert _infer(path, "--show-prompt") == 2
     captured = capsys.readouterr()
     assert f"[axolotl_tell] {out}/tell.json: {expected}" in captured.err, captured.err
     assert "Fix: use the tell.json the training run wrote" in captured.err
@@ -279,7 +323,7 @@ def test_infer_trusts_remote_code_only_as_the_config_says(preprocessed, monkeypa
         raise generate.ModelFolderError("[axolotl_tell] stop here")
 
     monkeypatch.setattr(generate, "load_model", fake_load_model)
-    assert _infer(path, "--base-model-only") == 1
+    assert _infer(path, "--base-model-only") == 2
     path.write_text(yaml.safe_dump({**cfg, "trust_remote_code": True}))
-    assert _infer(path, "--base-model-only") == 1
+    assert _infer(path, "--base-model-only") == 2
     assert calls == [False, True]

@@ -123,19 +123,25 @@ def test_the_baked_anchor_survives_the_final_save_and_merge_lora(tiny_model, tmp
     assert cfg["tell_anchor"] in baked.apply_chat_template(user, tokenize=False, add_generation_prompt=True)
 
 
-def test_bf16_on_a_cpu_only_machine_trains_with_a_task_loss_weight(tiny_model, tmp_path):
-    """`bf16: true` without a GPU: transformers refused it ("Your setup doesn't support bf16/gpu"); the plugin
-    passes `use_cpu` and the run trains with CPU autocast. The task loss weight reaches the run's record."""
-    from axolotl_tell.cpu_precision import has_accelerator
+@pytest.mark.parametrize("native", ["1", "0"], ids=["native_bf16", "no_native_bf16"])
+def test_bf16_auto_on_a_cpu_only_machine_fits_the_cpu_with_a_task_loss_weight(tiny_model, tmp_path, native,
+                                                                              monkeypatch):
+    """`bf16: auto` without a GPU, the CPU's bf16 faked both ways: native -> bf16 autocast (transformers refuses bf16
+    without a GPU; the plugin passes `use_cpu`), else fp32 (Axolotl alone would switch fp16 on). The precision and
+    the task loss weight reach the run's record."""
+    from axolotl_tell.cpu_precision import ENV, has_accelerator
 
     if has_accelerator():
         pytest.skip("an accelerator is present: bf16 goes to it, the CPU path is not used")
-    cfg_path, cfg = make_workspace(tmp_path, tiny_model, bf16=True, tell_task_loss_weight=3)
+    monkeypatch.setenv(ENV, native)
+    cfg_path, cfg = make_workspace(tmp_path, tiny_model, bf16="auto", fp16=None, tell_task_loss_weight=3)
     log = _axolotl("train", str(cfg_path), cwd=tmp_path)
-    assert "CPU bf16 autocast (use_cpu=True)" in log
+    assert f"bf16: auto on a CPU-only machine -> {'bf16' if native == '1' else 'fp32'}" in log
+    assert ("CPU bf16 autocast (use_cpu=True)" in log) == (native == "1")
     out = Path(cfg["output_dir"])
     trained = json.loads((out / "tell_report.json").read_text())["trained"]
     assert trained["complete"] and trained["task_loss_weight"] == 3.0
+    assert trained["precision"] == ("bf16" if native == "1" else "fp32")
     assert (out / "adapter_model.safetensors").is_file()
 
 
