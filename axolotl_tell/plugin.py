@@ -52,6 +52,8 @@ class TellPlugin(BasePlugin):
         self.prepared = prepared = prepare_tell_datasets(cfg, tokenizer)
         self.spec = inference_spec(prepared.report, cfg)
         dry_run = preprocess or os.environ.get("AXOLOTL_IS_PREPROCESS") == "1"
+        # one writer per node (its local rank 0): a node-local output_dir needs the file too; nodes sharing one
+        # write the same report at once, safely (write_json: per-writer temp file, atomic rename, last one wins)
         if _is_local_main_process():
             if dry_run:  # never touches the files of a trained run in output_dir
                 write_dry_run_report(cfg.output_dir, prepared)

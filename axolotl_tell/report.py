@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import uuid
 from pathlib import Path
 
 from axolotl_tell.version import __version__
@@ -116,10 +117,22 @@ def template_text(jinja):
 
 
 def write_json(path: Path, data: dict) -> Path:
+    """Write ``path`` atomically; several writers at once are safe (the last rename wins, never a half file).
+
+    Each writer has its own temporary file: nodes whose local rank 0 share an ``output_dir`` write the same
+    report at the same time, and one shared temp name let a writer rename the other's file away (issue 26).
+    The name holds the pid and a random part (pids repeat across hosts), and is created exclusively (``"x"``);
+    not ``mkstemp``, whose 0600 mode would make the report unreadable to the other users of a shared folder.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str))
-    tmp.replace(path)
+    tmp = path.parent / f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:12]}.tmp"
+    try:
+        with open(tmp, "x", encoding="utf-8") as f:
+            f.write(json.dumps(data, indent=2, default=str))
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):  # a failed write or rename leaves no temp file behind
+            os.unlink(tmp)
     return path
 
 
