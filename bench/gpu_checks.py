@@ -50,12 +50,27 @@ def config(work: Path, model: str, name: str, **overrides) -> Path:
     return path
 
 
-def train(path: Path, record: Path | None = None, timeout: int = 240) -> tuple[int, str, float]:
+def gpu_count() -> int:
+    import torch
+
+    return torch.cuda.device_count()
+
+
+def launcher_args(distributed: bool) -> list[str]:
+    """FSDP runs only under a distributed launcher (issue 27 point 6: `--launcher python` fails with "Using fsdp
+    only works in distributed training"): torchrun with one rank per GPU, as users launch it."""
+    if not distributed:
+        return ["--launcher", "python"]
+    return ["--launcher", "torchrun", "--", f"--nproc_per_node={max(1, gpu_count())}"]
+
+
+def train(path: Path, record: Path | None = None, timeout: int = 240,
+          distributed: bool = False) -> tuple[int, str, float]:
     env = dict(os.environ)
     if record is not None:
         env["AXOLOTL_TELL_RECORD_ORDER"] = str(record)
     start = time.time()
-    proc = subprocess.run(["axolotl", "train", str(path), "--launcher", "python"], env=env, capture_output=True,
+    proc = subprocess.run(["axolotl", "train", str(path), *launcher_args(distributed)], env=env, capture_output=True,
                           text=True, timeout=timeout, cwd=path.parent)
     log = proc.stdout + proc.stderr
     (path.parent / f"{path.stem}.log").write_text(log)
@@ -70,8 +85,12 @@ def every_planned_row(out: Path, record: Path) -> tuple[bool, str]:
 
     rep = json.loads((out / "tell_report.json").read_text())
     planned = [[r[SOURCE_COLUMN], row_key(r["input_ids"])] for r in load_from_disk(rep["prepared_path"] + "/train")]
-    trained = [row for line in record.read_text().splitlines() for row in json.loads(line)["rows"]
+    # one record file per rank (`<name>.rank<N>` beside it under several ranks); one rank writes `record` itself
+    files = sorted(record.parent.glob(record.name + "*"))
+    trained = [row for f in files for line in f.read_text().splitlines() for row in json.loads(line)["rows"]
                if json.loads(line)["split"] == "train"]
+    if len(files) > 1:
+        trained, planned = sorted(trained), sorted(planned)
     ok = trained == planned and rep["trained"]["complete"]
     return ok, (f"{len(trained)}/{len(planned)} planned rows trained in order, steps {rep['trained']['steps']}/"
                 f"{rep['trained']['steps_planned']}, task share {rep['trained'].get('task_share_of_plan')}")
@@ -79,14 +98,29 @@ def every_planned_row(out: Path, record: Path) -> tuple[bool, str]:
 
 def check_training(work: Path, model: str, name: str, **overrides) -> None:
     record = work / f"{name}.order.jsonl"
-    record.unlink(missing_ok=True)
-    rc, log, wall = train(config(work, model, name, **overrides), record)
+    for old in work.glob(record.name + "*"):
+        old.unlink()
+    rc, log, wall = train(config(work, model, name, **overrides), record,
+                          distributed="fsdp_version" in overrides or "fsdp_config" in overrides)
     if rc != 0:
         return report("FAIL", name, f"exit {rc}: {log.strip().splitlines()[-1][:300] if log.strip() else ''}")
     ok, detail = every_planned_row(work / name, record)
     logged = "'tell/task_loss'" in log and (work / name / "adapter_model.safetensors").is_file()
     report("PASS" if ok and logged else "FAIL", name, f"{detail}; tell/* logged and adapter saved: {logged}; "
            f"{wall:.0f} s wall")
+
+
+def check_sharded_checkpoint(work: Path, model: str, fsdp: dict) -> None:
+    """Issue 27 point 5: what an FSDP2 SHARDED_STATE_DICT run leaves in a mid-run checkpoint and at the end (is there
+    an adapter `infer --adapter` can load?). Recorded as INFO: the files are the measurement."""
+    name = "fsdp2_sharded"
+    rc, log, wall = train(config(work, model, name, fsdp_version=2, save_strategy="steps", save_steps=5,
+                                 fsdp_config={**fsdp, "state_dict_type": "SHARDED_STATE_DICT"}), distributed=True)
+    out = work / name
+    ckpts = sorted(out.glob("checkpoint-*"))
+    listing = {p.name: sorted(q.name for q in p.iterdir())[:12] for p in ckpts[:1]}
+    report("INFO" if rc == 0 else "FAIL", name, f"exit {rc}; {wall:.0f} s; top-level files "
+           f"{sorted(q.name for q in out.iterdir() if q.is_file())[:14] if out.is_dir() else None}; first checkpoint {listing}")
 
 
 def check_per_source_loss(work: Path, model_path: str) -> None:
@@ -145,20 +179,26 @@ def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", required=True)
     parser.add_argument("--model", required=True)
+    parser.add_argument("--only", default="", help="comma-separated check groups: train,deepspeed,fsdp (default all)")
     args = parser.parse_args()
+    only = set(filter(None, args.only.split(",")))
+    want = (lambda group: not only or group in only)
     work = Path(args.out)
     work.mkdir(parents=True, exist_ok=True)
     import torch
 
     print(f"GPU: {torch.cuda.get_device_name(0)}; torch {torch.__version__}", flush=True)
-    check_training(work, args.model, "sdpa_unpacked")
-    check_generation_stop(work, "sdpa_unpacked")
-    check_per_source_loss(work, args.model)
-    check_training(work, args.model, "sdpa_packed_varlen", sample_packing=True, multipack_real_batches=False,
-                   gradient_accumulation_steps=4, micro_batch_size=2)
-    check_training(work, args.model, "sdpa_packed_real_batches", sample_packing=True, multipack_real_batches=True,
-                   gradient_accumulation_steps=4, micro_batch_size=2)
-    if importlib.util.find_spec("deepspeed") is None:
+    if want("train"):
+        check_training(work, args.model, "sdpa_unpacked")
+        check_generation_stop(work, "sdpa_unpacked")
+        check_per_source_loss(work, args.model)
+        check_training(work, args.model, "sdpa_packed_varlen", sample_packing=True, multipack_real_batches=False,
+                       gradient_accumulation_steps=4, micro_batch_size=2)
+        check_training(work, args.model, "sdpa_packed_real_batches", sample_packing=True, multipack_real_batches=True,
+                       gradient_accumulation_steps=4, micro_batch_size=2)
+    if not want("deepspeed"):
+        pass
+    elif importlib.util.find_spec("deepspeed") is None:
         report("SKIP", "deepspeed_zero2/zero3", "deepspeed is not installed on this machine (add it to the kit)")
     else:
         for stage in (2, 3):
@@ -167,10 +207,11 @@ def main() -> int:
                                       "gradient_accumulation_steps": "auto", "train_micro_batch_size_per_gpu": "auto",
                                       "train_batch_size": "auto"}))
             check_training(work, args.model, f"deepspeed_zero{stage}", deepspeed=str(ds))
-    check_training(work, args.model, "fsdp2", fsdp_version=2,
-                   fsdp_config={"auto_wrap_policy": "TRANSFORMER_BASED_WRAP",
-                                "transformer_layer_cls_to_wrap": "LlamaDecoderLayer", "reshard_after_forward": True,
-                                "state_dict_type": "FULL_STATE_DICT"})
+    if want("fsdp"):
+        fsdp = {"auto_wrap_policy": "TRANSFORMER_BASED_WRAP", "transformer_layer_cls_to_wrap": "LlamaDecoderLayer",
+                "reshard_after_forward": True}
+        check_training(work, args.model, "fsdp2", fsdp_version=2, fsdp_config={**fsdp, "state_dict_type": "FULL_STATE_DICT"})
+        check_sharded_checkpoint(work, args.model, fsdp)
     failed = sum(1 for status, _, _ in RESULTS if status == "FAIL")
     print(f"\n{len(RESULTS) - failed} passed, {failed} failed")
     (work / "gpu_check.json").write_text(json.dumps([dict(zip(("status", "check", "detail"), r)) for r in RESULTS],
