@@ -46,6 +46,7 @@ CHUNK_ROWS = 2048
 DEFAULT_STREAM_BUFFER = 10_000
 CHUNK_STATS = "chunk_stats.json"
 GENERAL_CACHE_PREFIX = "tell-general-"
+ENTRY_COLUMN, ROW_COLUMN = "_tell_entry", "_tell_row"  # a streamed row's entry, and its number in that entry
 
 
 @dataclass
@@ -91,6 +92,8 @@ def general_cache_key(cfg, tokenizer, entries) -> str:
         "order": [POOL_ORDER_SEED, CHUNK_ROWS],
         "streaming": bool(cfg.get("tell_general_streaming")),
         "buffer": cfg.get("tell_general_stream_buffer") if cfg.get("tell_general_streaming") else None,
+        # several streamed entries: read once each, tokenized per entry (issue 26); chunks saved before differ
+        "stream_entries": "each once, per entry" if cfg.get("tell_general_streaming") and len(entries) > 1 else None,
         # entry shards are shuffled with the run's seed before sharding (Axolotl's loader)
         "shard_seed": cfg.get("seed") if any(e.get("shards") for e in entries) else None,
     }
@@ -139,8 +142,11 @@ class GeneralPool:
         return _Entry(i, ds_cfg, where, raw, rows, source)
 
     # --- scan order ------------------------------------------------------------------------------------------
-    def _chunk_rows(self, k: int) -> list[tuple[_Entry, object]] | None:
-        """Chunk ``k``'s raw rows per entry (in scan order), or None past the end of the pool."""
+    def _chunk_rows(self, k: int) -> list[tuple[_Entry, object, list | None]] | None:
+        """Chunk ``k``'s raw rows per entry (in scan order), or None past the end of the pool.
+
+        Each part: (entry, raw rows, the rows' numbers in their entry for a stream's chunk, else None).
+        """
         if self.streaming:
             return self._stream_chunk(k)
         if self._order is None:
@@ -152,7 +158,7 @@ class GeneralPool:
         for entry in self.entries:
             mine = part[(part >= start) & (part < start + entry.rows)] - start
             if mine.size:
-                out.append((entry, entry.raw.select(mine)))
+                out.append((entry, entry.raw.select(mine), None))  # None: its columns were checked at _open
             start += entry.rows
         return out
 
@@ -160,9 +166,13 @@ class GeneralPool:
         if self._stream is None:
             from datasets import interleave_datasets
 
-            streams = [e.raw for e in self.entries]
+            # each row carries its entry and its number there through the shuffle: the entry's own `type` and
+            # source id tokenize it, and an error names its real file:line
+            streams = [e.raw.map(lambda _, n, i=e.index: {ENTRY_COLUMN: i, ROW_COLUMN: n}, with_indices=True)
+                       for e in self.entries]
+            # every row of every entry once ("all_exhausted" would repeat the shorter entries until the longest ends)
             mixed = streams[0] if len(streams) == 1 else interleave_datasets(
-                streams, stopping_strategy="all_exhausted")
+                streams, stopping_strategy="all_exhausted_without_replacement")
             buffer = int(self.cfg.get("tell_general_stream_buffer") or DEFAULT_STREAM_BUFFER)
             self._stream = (iter(mixed.shuffle(seed=POOL_ORDER_SEED, buffer_size=buffer)), 0)
         iterator, position = self._stream
@@ -178,18 +188,21 @@ class GeneralPool:
         self._stream = (iterator, position + len(rows))
         if not rows:
             return None
-        # a streamed row does not say which entry it came from: one entry, or entries of one type and columns
-        entry = self.entries[0]
-        return [(entry, Dataset.from_list(rows))]
+        by_entry: dict[int, tuple[list, list]] = {}  # grouped by entry, in stream order (as the scan order does)
+        for row in rows:
+            kept, numbers = by_entry.setdefault(row.pop(ENTRY_COLUMN), ([], []))
+            numbers.append(row.pop(ROW_COLUMN))
+            kept.append(row)
+        return [(self.entries[i], Dataset.from_list(kept), numbers) for i, (kept, numbers) in sorted(by_entry.items())]
 
     # --- tokenization and cache ------------------------------------------------------------------------------
     def _tokenize_chunk(self, parts) -> tuple[Dataset | None, dict]:
 
         kept, stats = [], {"rows_scanned": 0, "rows_dropped_too_long": 0, "rows_dropped_no_supervised_tokens": 0}
-        for entry, raw in parts:
+        for entry, raw, row_numbers in parts:
             stats["rows_scanned"] += len(raw)
             if self.streaming:
-                check_columns(raw, entry.ds_cfg, entry.where)
+                check_columns(raw, entry.ds_cfg, entry.where, row_numbers)
             try:
                 tokenized = compat.tokenize_with_axolotl(entry.ds_cfg, self.cfg, self.tokenizer, raw)
             except Exception as err:

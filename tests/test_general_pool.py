@@ -214,3 +214,55 @@ def test_plan_ids_are_positions_in_the_pools_scan_order(load_cfg, tiny_model, tm
         assert prepared.train_dataset[position]["input_ids"] == alone[0]["input_ids"], (position, plan_id)
         checked += 1
     assert checked == 12
+
+
+def _two_streamed_entries(root: Path, model: Path, second: Path, second_type: str, **kw):
+    """The workspace's general.jsonl (alpaca) plus ``second``, streamed (issue 26)."""
+    general = root / "general.jsonl"
+    return make_workspace(root, model, tell_general_streaming=True, tell_general_stream_buffer=50, **kw,
+                          datasets=[{"path": str(general), "ds_type": "json", "type": "alpaca"},
+                                    {"path": str(second), "ds_type": "json", "type": second_type}])
+
+
+def test_streamed_entries_of_two_types_fail_at_config_load(load_cfg, tiny_model, tmp_path):
+    from tiny import chat_rows
+
+    chat = write_jsonl(tmp_path / "chat.jsonl", chat_rows(50, 4))
+    path, _ = _two_streamed_entries(tmp_path, tiny_model, chat, "chat_template", general_rows=300)
+    with pytest.raises(Exception) as info:
+        load_cfg(str(path))
+    message = str(info.value)
+    for part in ("tell_general_streaming", "`datasets[0]`", "general.jsonl", "`type: alpaca`", "`datasets[1]`",
+                 "chat.jsonl", "`type: chat_template`", "Fix:"):
+        assert part in message, message
+    assert not (tmp_path / "prepared").exists()
+
+
+def test_a_streamed_rows_error_names_the_file_and_line_it_came_from(load_cfg, tiny_model, tmp_path):
+    rows = alpaca_rows(40, 8)
+    del rows[12]["instruction"]  # line 13 of other.jsonl; general.jsonl is valid
+    other = write_jsonl(tmp_path / "other.jsonl", rows)
+    path, _ = _two_streamed_entries(tmp_path, tiny_model, other, "alpaca", general_rows=300)
+    from axolotl_tell import compat
+
+    loaded = load_cfg(str(path))
+    with pytest.raises(TellDataError) as info:
+        prepare_tell_datasets(loaded, compat.load_tokenizer(loaded))
+    message = str(info.value)
+    assert f"`datasets[1]` ({other})" in message and f"row 12 ({other}:13)" in message, message
+    assert "general.jsonl" not in message, message
+
+
+def test_streamed_entries_are_each_read_once_and_keep_their_source(load_cfg, tiny_model, tmp_path):
+    other = write_jsonl(tmp_path / "other.jsonl", alpaca_rows(40, 8))
+    path, _ = _two_streamed_entries(tmp_path, tiny_model, other, "alpaca", general_rows=300,
+                                    tell_general_ratio=500, tell_general_shortfall="warn")
+    from axolotl_tell import compat
+
+    loaded = load_cfg(str(path))
+    prepared = prepare_tell_datasets(loaded, compat.load_tokenizer(loaded))
+    assert prepared.report["general"]["rows_scanned"] == 340  # not the short entry over again until the long ends
+    used = {}
+    for source in prepared.train_dataset[SOURCE_COLUMN]:
+        used[source] = used.get(source, 0) + 1
+    assert used[0] == 300 and used[1] == 40  # every row once, under its own entry's source id
