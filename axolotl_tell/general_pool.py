@@ -13,7 +13,8 @@ A TELL run uses a small part of a large general set (10 task rows x 20 repeats x
 * **Token cache.** Each tokenized chunk is saved (atomically) under a key of what changes its tokens only: the
   entries, the data files' size and mtime, the tokenizer and the tokenization keys; not the ``tell_*`` keys, the
   anchor or the seed. Another ratio, repeat count, anchor or seed reuses every chunk already tokenized and
-  tokenizes only the extra chunks it needs.
+  tokenizes only the extra chunks it needs. A chunk damaged on disk afterwards (a cut file) is found before use
+  and tokenized again, with a warning naming the cache folder.
 * **Streaming** (``tell_general_streaming: true``): the rows come from a seeded shuffle buffer over the stream
   (``datasets``' ``IterableDataset.shuffle(seed=POOL_ORDER_SEED, buffer_size=tell_general_stream_buffer)``,
   entries interleaved row by row); memory is bounded by the buffer and the chunks read, not the pool.
@@ -27,11 +28,13 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 from datasets import Dataset, concatenate_datasets, load_from_disk
 
 from axolotl_tell import cache, compat
@@ -223,12 +226,10 @@ class GeneralPool:
     def _load_or_tokenize(self, k: int):
         """(dataset, stats, from_cache) of chunk ``k``; None past the end of the pool."""
         folder = self.folder / f"chunk-{k:06d}"
-        if cache.is_ready(folder):
-            stats = json.loads((folder / CHUNK_STATS).read_text())
-            if stats.get("end"):
-                return None
-            dataset = load_from_disk(str(folder / "rows")) if stats["rows_kept"] else None
-            return dataset, stats, True
+        cached = self._cached_chunk(folder) if cache.is_ready(folder) else None
+        if cached is not None:
+            stats, dataset = cached
+            return None if stats.get("end") else (dataset, stats, True)
         parts = self._chunk_rows(k)
         if parts is None:
             cache.save_atomically(folder, lambda tmp: (tmp / CHUNK_STATS).write_text(json.dumps({"end": True})))
@@ -245,6 +246,36 @@ class GeneralPool:
         if dataset is not None:  # the saved copy: memory-mapped, not held in memory
             dataset = load_from_disk(str(folder / "rows"))
         return dataset, stats, False
+
+    def _cached_chunk(self, folder: Path):
+        """(stats, rows) of a saved chunk; None if it is damaged: it is then dropped, to be tokenized again.
+
+        Damage comes from outside (a full disk, a killed copy, a partial sync): the files' sizes recorded at save
+        time, Arrow's own errors while loading, and the saved row count find it, before a short pool is used.
+        Redoing it is safe: a chunk's rows follow from the cache key and its number alone (the scan order is
+        fixed; a stream is read past the chunks before it), and the caller holds the cache's lock.
+        """
+        problem = cache.damage(folder)
+        if problem is None:
+            try:
+                stats = json.loads((folder / CHUNK_STATS).read_text())
+                if stats.get("end") or not stats["rows_kept"]:
+                    return stats, None
+                dataset = load_from_disk(str(folder / "rows"))
+                if len(dataset) == stats["rows_kept"]:
+                    return stats, dataset
+                problem = f"{len(dataset)} rows, {stats['rows_kept']} when saved"
+            except (OSError, ValueError, KeyError, TypeError, pa.ArrowException) as err:  # what a cut file raises
+                problem = f"{type(err).__name__}: {err}"
+        LOG.warning("[axolotl_tell] token cache %s: %s is damaged (%s); it is dropped and tokenized again.",
+                    self.folder, folder.name, problem)
+        try:
+            shutil.rmtree(folder)
+        except OSError as err:
+            raise TellDataError(f"[axolotl_tell] the token cache {self.folder} is damaged ({folder.name}: {problem}) "
+                                f"and could not be repaired ({type(err).__name__}: {err}). Fix: delete "
+                                f"{self.folder} (a cache only: its rows are tokenized again).") from err
+        return None
 
     def rows_until(self, budget: int) -> GeneralRows:
         """Kept rows in scan order until their supervised tokens reach ``budget``, or the whole pool."""
