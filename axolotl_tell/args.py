@@ -328,11 +328,8 @@ def validate_tell_config(cfg: dict) -> None:
     if buffer is not None and not cfg.get("tell_general_streaming"):
         _fail("tell_general_stream_buffer", "only used with `tell_general_streaming: true`",
               "set `tell_general_streaming: true`, or remove the key")
-    if cfg.get("tell_general_streaming") and len(cfg.get("datasets") or []) > 1 and \
-            len({str(e.get("type")) for e in cfg.get("datasets") or [] if isinstance(e, dict)}) > 1:
-        _fail("tell_general_streaming", "streamed general entries are interleaved row by row and tokenized with "
-              "one prompt strategy, but `datasets:` has entries of different `type`s",
-              "stream entries of one `type` (and the same columns), or set `tell_general_streaming: false`")
+    if cfg.get("tell_general_streaming"):
+        _check_one_streamed_type(cfg.get("datasets") or [])
     for key in ("tell_source_metrics", "tell_bake_anchor", "tell_general_streaming", "tell_keep_best"):
         if cfg.get(key) is not None and not isinstance(cfg.get(key), bool):
             _fail(key, f"must be true or false, got {cfg.get(key)!r}", f"write `{key}: true` or `{key}: false`")
@@ -551,6 +548,22 @@ def _check_bake(cfg: dict, tasks: list) -> None:
 
 def _int_at_least(value, low: int) -> bool:
     return not isinstance(value, bool) and isinstance(value, int) and value >= low
+
+
+def _check_one_streamed_type(entries: list) -> None:
+    """Streamed general entries are interleaved row by row into one shuffle buffer: one `type` for all of them."""
+
+    def value(entry, key):  # a dict, or already Axolotl's dataset model when its schema validates first
+        return entry.get(key) if isinstance(entry, dict) else getattr(entry, key, None)
+
+    first = entries[0] if entries else None
+    for i, entry in enumerate(entries[1:], 1):
+        if str(value(entry, "type")) != str(value(first, "type")):
+            _fail("tell_general_streaming", f"streamed general entries share one `type`, but `datasets[0]` "
+                  f"({value(first, 'path')}) has `type: {value(first, 'type')}` and `datasets[{i}]` "
+                  f"({value(entry, 'path')}) has `type: {value(entry, 'type')}`",
+                  "stream entries of one `type` (convert the rows of one file to the other's format), or set "
+                  "`tell_general_streaming: false` (each entry is then tokenized with its own `type`)")
 
 
 def _validate_auto_anchor(cfg: dict, auto: bool) -> None:

@@ -5,7 +5,8 @@ key covers everything that changes the mix: every ``tell_*`` key, the anchor
 text (also from a file), the seed, the dataset entries and the size and mtime
 of local data files, the tokenizer, and the config keys that change
 tokenization. Saves are atomic: a killed run never leaves a loadable
-half-written mix.
+half-written mix; the marker records each file's size, so a folder damaged
+later (:func:`damage`) is found before it is loaded.
 """
 
 from __future__ import annotations
@@ -85,6 +86,32 @@ def is_ready(path: Path) -> bool:
     return (path / READY_MARKER).is_file()
 
 
+def _file_sizes(folder: Path) -> dict[str, int]:
+    return {f.relative_to(folder).as_posix(): f.stat().st_size for f in sorted(folder.rglob("*")) if f.is_file()}
+
+
+def damage(path: Path) -> str | None:
+    """What is wrong with a ready folder whose files were changed after its save (a file cut short by a full
+    disk, a killed copy or a partial sync; a file lost), or None.
+
+    The marker records every file's size at save time; checking is one ``stat`` per file: cheap, and sure for a
+    cut or missing file. Contents are not hashed (that would read the whole cache on every run). A marker without
+    sizes (an older save) passes: its loader's own errors and row counts are the check then.
+    """
+    try:
+        sizes = json.loads((path / READY_MARKER).read_text()).get("files")
+    except (OSError, ValueError, AttributeError) as err:
+        return f"{READY_MARKER} is unreadable ({type(err).__name__})"
+    for name, size in (sizes or {}).items():
+        try:
+            actual = (path / name).stat().st_size
+        except OSError:
+            return f"{name} is missing"
+        if actual != size:
+            return f"{name} is {actual} bytes, {size} when saved"
+    return None
+
+
 def _temp_prefix(path: Path) -> str:
     return f".tmp-{path.name}-"
 
@@ -113,7 +140,7 @@ def save_atomically(path: Path, write) -> None:
     tmp = Path(tempfile.mkdtemp(prefix=_temp_prefix(path), dir=path.parent))
     try:
         write(tmp)
-        (tmp / READY_MARKER).write_text(json.dumps({"plugin": __version__}))
+        (tmp / READY_MARKER).write_text(json.dumps({"plugin": __version__, "files": _file_sizes(tmp)}))
         if path.exists():  # a stale, unmarked folder from an older crash
             shutil.rmtree(path)
         os.replace(tmp, path)

@@ -203,8 +203,11 @@ def check_raw_task_rows(raw, where: str) -> None:
               "fields the `type` reads (or export the rows untokenized)")
 
 
-def check_columns(raw, ds_cfg, where: str) -> None:
-    """Every column the type reads exists and has a value in every row."""
+def check_columns(raw, ds_cfg, where: str, row_numbers=None) -> None:
+    """Every column the type reads exists and has a value in every row.
+
+    ``row_numbers``: each row's number in its entry, where ``raw`` is not the entry itself (a chunk of a stream).
+    """
     if len(raw) == 0:
         return
     needed = required_columns(ds_cfg)
@@ -223,6 +226,7 @@ def check_columns(raw, ds_cfg, where: str) -> None:
         column = table.column(name)
         if column.null_count:
             row = int(pc.index(pc.is_null(column), True).as_py())
+            row = int(row_numbers[row]) if row_numbers is not None else row
             _fail(where, f"row {row}{row_location(ds_cfg, row)} has no value for `{name}` "
                   f"(needed by `type: {ds_cfg.get('type')}`)", "add the field to that row, or remove the row")
 

@@ -13,7 +13,8 @@ A TELL run uses a small part of a large general set (10 task rows x 20 repeats x
 * **Token cache.** Each tokenized chunk is saved (atomically) under a key of what changes its tokens only: the
   entries, the data files' size and mtime, the tokenizer and the tokenization keys; not the ``tell_*`` keys, the
   anchor or the seed. Another ratio, repeat count, anchor or seed reuses every chunk already tokenized and
-  tokenizes only the extra chunks it needs.
+  tokenizes only the extra chunks it needs. A chunk damaged on disk afterwards (a cut file) is found before use
+  and tokenized again, with a warning naming the cache folder.
 * **Streaming** (``tell_general_streaming: true``): the rows come from a seeded shuffle buffer over the stream
   (``datasets``' ``IterableDataset.shuffle(seed=POOL_ORDER_SEED, buffer_size=tell_general_stream_buffer)``,
   entries interleaved row by row); memory is bounded by the buffer and the chunks read, not the pool.
@@ -27,11 +28,13 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 from datasets import Dataset, concatenate_datasets, load_from_disk
 
 from axolotl_tell import cache, compat
@@ -46,6 +49,7 @@ CHUNK_ROWS = 2048
 DEFAULT_STREAM_BUFFER = 10_000
 CHUNK_STATS = "chunk_stats.json"
 GENERAL_CACHE_PREFIX = "tell-general-"
+ENTRY_COLUMN, ROW_COLUMN = "_tell_entry", "_tell_row"  # a streamed row's entry, and its number in that entry
 
 
 @dataclass
@@ -91,6 +95,8 @@ def general_cache_key(cfg, tokenizer, entries) -> str:
         "order": [POOL_ORDER_SEED, CHUNK_ROWS],
         "streaming": bool(cfg.get("tell_general_streaming")),
         "buffer": cfg.get("tell_general_stream_buffer") if cfg.get("tell_general_streaming") else None,
+        # several streamed entries: read once each, tokenized per entry (issue 26); chunks saved before differ
+        "stream_entries": "each once, per entry" if cfg.get("tell_general_streaming") and len(entries) > 1 else None,
         # entry shards are shuffled with the run's seed before sharding (Axolotl's loader)
         "shard_seed": cfg.get("seed") if any(e.get("shards") for e in entries) else None,
     }
@@ -139,8 +145,11 @@ class GeneralPool:
         return _Entry(i, ds_cfg, where, raw, rows, source)
 
     # --- scan order ------------------------------------------------------------------------------------------
-    def _chunk_rows(self, k: int) -> list[tuple[_Entry, object]] | None:
-        """Chunk ``k``'s raw rows per entry (in scan order), or None past the end of the pool."""
+    def _chunk_rows(self, k: int) -> list[tuple[_Entry, object, list | None]] | None:
+        """Chunk ``k``'s raw rows per entry (in scan order), or None past the end of the pool.
+
+        Each part: (entry, raw rows, the rows' numbers in their entry for a stream's chunk, else None).
+        """
         if self.streaming:
             return self._stream_chunk(k)
         if self._order is None:
@@ -152,7 +161,7 @@ class GeneralPool:
         for entry in self.entries:
             mine = part[(part >= start) & (part < start + entry.rows)] - start
             if mine.size:
-                out.append((entry, entry.raw.select(mine)))
+                out.append((entry, entry.raw.select(mine), None))  # None: its columns were checked at _open
             start += entry.rows
         return out
 
@@ -160,9 +169,13 @@ class GeneralPool:
         if self._stream is None:
             from datasets import interleave_datasets
 
-            streams = [e.raw for e in self.entries]
+            # each row carries its entry and its number there through the shuffle: the entry's own `type` and
+            # source id tokenize it, and an error names its real file:line
+            streams = [e.raw.map(lambda _, n, i=e.index: {ENTRY_COLUMN: i, ROW_COLUMN: n}, with_indices=True)
+                       for e in self.entries]
+            # every row of every entry once ("all_exhausted" would repeat the shorter entries until the longest ends)
             mixed = streams[0] if len(streams) == 1 else interleave_datasets(
-                streams, stopping_strategy="all_exhausted")
+                streams, stopping_strategy="all_exhausted_without_replacement")
             buffer = int(self.cfg.get("tell_general_stream_buffer") or DEFAULT_STREAM_BUFFER)
             self._stream = (iter(mixed.shuffle(seed=POOL_ORDER_SEED, buffer_size=buffer)), 0)
         iterator, position = self._stream
@@ -178,18 +191,21 @@ class GeneralPool:
         self._stream = (iterator, position + len(rows))
         if not rows:
             return None
-        # a streamed row does not say which entry it came from: one entry, or entries of one type and columns
-        entry = self.entries[0]
-        return [(entry, Dataset.from_list(rows))]
+        by_entry: dict[int, tuple[list, list]] = {}  # grouped by entry, in stream order (as the scan order does)
+        for row in rows:
+            kept, numbers = by_entry.setdefault(row.pop(ENTRY_COLUMN), ([], []))
+            numbers.append(row.pop(ROW_COLUMN))
+            kept.append(row)
+        return [(self.entries[i], Dataset.from_list(kept), numbers) for i, (kept, numbers) in sorted(by_entry.items())]
 
     # --- tokenization and cache ------------------------------------------------------------------------------
     def _tokenize_chunk(self, parts) -> tuple[Dataset | None, dict]:
 
         kept, stats = [], {"rows_scanned": 0, "rows_dropped_too_long": 0, "rows_dropped_no_supervised_tokens": 0}
-        for entry, raw in parts:
+        for entry, raw, row_numbers in parts:
             stats["rows_scanned"] += len(raw)
             if self.streaming:
-                check_columns(raw, entry.ds_cfg, entry.where)
+                check_columns(raw, entry.ds_cfg, entry.where, row_numbers)
             try:
                 tokenized = compat.tokenize_with_axolotl(entry.ds_cfg, self.cfg, self.tokenizer, raw)
             except Exception as err:
@@ -210,12 +226,10 @@ class GeneralPool:
     def _load_or_tokenize(self, k: int):
         """(dataset, stats, from_cache) of chunk ``k``; None past the end of the pool."""
         folder = self.folder / f"chunk-{k:06d}"
-        if cache.is_ready(folder):
-            stats = json.loads((folder / CHUNK_STATS).read_text())
-            if stats.get("end"):
-                return None
-            dataset = load_from_disk(str(folder / "rows")) if stats["rows_kept"] else None
-            return dataset, stats, True
+        cached = self._cached_chunk(folder) if cache.is_ready(folder) else None
+        if cached is not None:
+            stats, dataset = cached
+            return None if stats.get("end") else (dataset, stats, True)
         parts = self._chunk_rows(k)
         if parts is None:
             cache.save_atomically(folder, lambda tmp: (tmp / CHUNK_STATS).write_text(json.dumps({"end": True})))
@@ -232,6 +246,36 @@ class GeneralPool:
         if dataset is not None:  # the saved copy: memory-mapped, not held in memory
             dataset = load_from_disk(str(folder / "rows"))
         return dataset, stats, False
+
+    def _cached_chunk(self, folder: Path):
+        """(stats, rows) of a saved chunk; None if it is damaged: it is then dropped, to be tokenized again.
+
+        Damage comes from outside (a full disk, a killed copy, a partial sync): the files' sizes recorded at save
+        time, Arrow's own errors while loading, and the saved row count find it, before a short pool is used.
+        Redoing it is safe: a chunk's rows follow from the cache key and its number alone (the scan order is
+        fixed; a stream is read past the chunks before it), and the caller holds the cache's lock.
+        """
+        problem = cache.damage(folder)
+        if problem is None:
+            try:
+                stats = json.loads((folder / CHUNK_STATS).read_text())
+                if stats.get("end") or not stats["rows_kept"]:
+                    return stats, None
+                dataset = load_from_disk(str(folder / "rows"))
+                if len(dataset) == stats["rows_kept"]:
+                    return stats, dataset
+                problem = f"{len(dataset)} rows, {stats['rows_kept']} when saved"
+            except (OSError, ValueError, KeyError, TypeError, pa.ArrowException) as err:  # what a cut file raises
+                problem = f"{type(err).__name__}: {err}"
+        LOG.warning("[axolotl_tell] token cache %s: %s is damaged (%s); it is dropped and tokenized again.",
+                    self.folder, folder.name, problem)
+        try:
+            shutil.rmtree(folder)
+        except OSError as err:
+            raise TellDataError(f"[axolotl_tell] the token cache {self.folder} is damaged ({folder.name}: {problem}) "
+                                f"and could not be repaired ({type(err).__name__}: {err}). Fix: delete "
+                                f"{self.folder} (a cache only: its rows are tokenized again).") from err
+        return None
 
     def rows_until(self, budget: int) -> GeneralRows:
         """Kept rows in scan order until their supervised tokens reach ``budget``, or the whole pool."""

@@ -331,6 +331,10 @@ def prepare_tell_datasets(cfg, tokenizer) -> PreparedTell:
     path.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(path) + ".lock"):  # one rank builds, the others load
         from_cache = cache.is_ready(path)
+        problem = cache.damage(path) if from_cache else None
+        if problem:  # changed on disk after its save: built again (the save replaces the folder)
+            LOG.warning("[axolotl_tell] the prepared TELL mix %s is damaged (%s); it is built again.", path, problem)
+            from_cache = False
         if from_cache:
             LOG.info("[axolotl_tell] loading prepared TELL mix from %s", path)
         else:

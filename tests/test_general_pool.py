@@ -214,3 +214,122 @@ def test_plan_ids_are_positions_in_the_pools_scan_order(load_cfg, tiny_model, tm
         assert prepared.train_dataset[position]["input_ids"] == alone[0]["input_ids"], (position, plan_id)
         checked += 1
     assert checked == 12
+
+
+def _two_streamed_entries(root: Path, model: Path, second: Path, second_type: str, **kw):
+    """The workspace's general.jsonl (alpaca) plus ``second``, streamed (issue 26)."""
+    general = root / "general.jsonl"
+    return make_workspace(root, model, tell_general_streaming=True, tell_general_stream_buffer=50, **kw,
+                          datasets=[{"path": str(general), "ds_type": "json", "type": "alpaca"},
+                                    {"path": str(second), "ds_type": "json", "type": second_type}])
+
+
+def test_streamed_entries_of_two_types_fail_at_config_load(load_cfg, tiny_model, tmp_path):
+    from tiny import chat_rows
+
+    chat = write_jsonl(tmp_path / "chat.jsonl", chat_rows(50, 4))
+    path, _ = _two_streamed_entries(tmp_path, tiny_model, chat, "chat_template", general_rows=300)
+    with pytest.raises(Exception) as info:
+        load_cfg(str(path))
+    message = str(info.value)
+    for part in ("tell_general_streaming", "`datasets[0]`", "general.jsonl", "`type: alpaca`", "`datasets[1]`",
+                 "chat.jsonl", "`type: chat_template`", "Fix:"):
+        assert part in message, message
+    assert not (tmp_path / "prepared").exists()
+
+
+def test_a_streamed_rows_error_names_the_file_and_line_it_came_from(load_cfg, tiny_model, tmp_path):
+    rows = alpaca_rows(40, 8)
+    del rows[12]["instruction"]  # line 13 of other.jsonl; general.jsonl is valid
+    other = write_jsonl(tmp_path / "other.jsonl", rows)
+    path, _ = _two_streamed_entries(tmp_path, tiny_model, other, "alpaca", general_rows=300)
+    from axolotl_tell import compat
+
+    loaded = load_cfg(str(path))
+    with pytest.raises(TellDataError) as info:
+        prepare_tell_datasets(loaded, compat.load_tokenizer(loaded))
+    message = str(info.value)
+    assert f"`datasets[1]` ({other})" in message and f"row 12 ({other}:13)" in message, message
+    assert "general.jsonl" not in message, message
+
+
+def test_streamed_entries_are_each_read_once_and_keep_their_source(load_cfg, tiny_model, tmp_path):
+    other = write_jsonl(tmp_path / "other.jsonl", alpaca_rows(40, 8))
+    path, _ = _two_streamed_entries(tmp_path, tiny_model, other, "alpaca", general_rows=300,
+                                    tell_general_ratio=500, tell_general_shortfall="warn")
+    from axolotl_tell import compat
+
+    loaded = load_cfg(str(path))
+    prepared = prepare_tell_datasets(loaded, compat.load_tokenizer(loaded))
+    assert prepared.report["general"]["rows_scanned"] == 340  # not the short entry over again until the long ends
+    used = {}
+    for source in prepared.train_dataset[SOURCE_COLUMN]:
+        used[source] = used.get(source, 0) + 1
+    assert used[0] == 300 and used[1] == 40  # every row once, under its own entry's source id
+
+
+def _cut_in_half(folder: Path) -> Path:
+    """What a full disk, a killed copy or a partial sync leaves: the chunk's Arrow file cut to half its size."""
+    arrow = sorted(folder.rglob("data-*.arrow"))[0]  # the saved rows (not a `cache-*` file datasets adds later)
+    data = arrow.read_bytes()
+    arrow.write_bytes(data[:len(data) // 2])
+    return arrow
+
+
+@pytest.mark.parametrize("marker", ["with sizes", "older, without sizes"])
+def test_a_damaged_token_cache_chunk_is_tokenized_again(load_cfg, tiny_model, tmp_path, monkeypatch,
+                                                        count_tokenized, caplog, marker):
+    import logging
+
+    from axolotl_tell import cache
+
+    monkeypatch.setattr(general_pool, "CHUNK_ROWS", 16)
+    first = _prepare(load_cfg, tmp_path / "a", tiny_model, general_rows=600)
+    token_cache = Path(first.report["general"]["token_cache"])
+    chunk = token_cache / "chunk-000001"
+    if marker != "with sizes":  # a cache saved before sizes were recorded: Arrow's own error finds the damage
+        (chunk / cache.READY_MARKER).write_text(json.dumps({"plugin": "0"}))
+    _cut_in_half(chunk)
+    count_tokenized["rows"] = 0
+    with caplog.at_level(logging.WARNING, logger="axolotl.tell"):
+        again = _prepare(load_cfg, tmp_path / "a", tiny_model, general_rows=600, tell_general_ratio=3)
+    assert f"token cache {token_cache}: chunk-000001 is damaged" in caplog.text
+    g = again.report["general"]
+    assert g["rows_from_token_cache"] == first.report["general"]["rows_scanned"] - 16
+    assert count_tokenized["rows"] == g["rows_tokenized_now"] == g["rows_scanned"] - g["rows_from_token_cache"]
+    fresh = _prepare(load_cfg, tmp_path / "b", tiny_model, general_rows=600, tell_general_ratio=3)
+    assert _rows(again) == _rows(fresh)  # never a short pool: the same rows as a cache never damaged
+    assert cache.damage(chunk) is None
+
+
+def test_a_damaged_chunk_that_cannot_be_removed_names_the_cache_folder(load_cfg, tiny_model, tmp_path,
+                                                                      monkeypatch):
+    import shutil
+
+    monkeypatch.setattr(general_pool, "CHUNK_ROWS", 16)
+    first = _prepare(load_cfg, tmp_path, tiny_model, general_rows=600)
+    token_cache = Path(first.report["general"]["token_cache"])
+    _cut_in_half(token_cache / "chunk-000000")
+
+    def refused(path, *a, **k):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(shutil, "rmtree", refused)
+    with pytest.raises(TellDataError) as info:
+        _prepare(load_cfg, tmp_path, tiny_model, general_rows=600, tell_general_ratio=3)
+    message = str(info.value)
+    assert f"token cache {token_cache}" in message and f"Fix: delete {token_cache}" in message, message
+
+
+@pytest.mark.e2e
+def test_a_damaged_token_cache_through_axolotl_preprocess(tiny_model, tmp_path):
+    """Issue 26 as a user met it: cut a chunk in half, preprocess again with another ratio."""
+    cfg_path, cfg = make_workspace(tmp_path, tiny_model, general_rows=3000)
+    _axolotl("preprocess", str(cfg_path), cwd=tmp_path)
+    token_cache, = [p for p in (tmp_path / "prepared").glob(f"{general_pool.GENERAL_CACHE_PREFIX}*") if p.is_dir()]
+    _cut_in_half(token_cache / "chunk-000000")
+    make_workspace(tmp_path, tiny_model, general_rows=3000, tell_general_ratio=3)
+    log = _axolotl("preprocess", str(cfg_path), cwd=tmp_path)
+    assert f"token cache {token_cache}: chunk-000000 is damaged" in log
+    g = json.loads((Path(cfg["output_dir"]) / "tell_report.json").read_text())["general"]
+    assert g["rows_tokenized_now"] > 0 and g["rows_used"] > 0

@@ -174,6 +174,40 @@ def test_a_killed_save_leaves_no_temp_folder_forever(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([target.name, other_target.name])
 
 
+def test_a_saved_folder_knows_when_its_files_were_cut_or_lost(tmp_path):
+    """`cache.damage`: each file's size is recorded in the marker at save time; a stat per file checks it."""
+    from axolotl_tell.cache import READY_MARKER, damage, save_atomically
+
+    target = tmp_path / "tell-0123456789abcdef0123"
+    save_atomically(target, lambda tmp: ((tmp / "rows").mkdir(), (tmp / "rows" / "data.arrow").write_bytes(b"x" * 100),
+                                         (tmp / "stats.json").write_text("{}")))
+    assert damage(target) is None
+    (target / "rows" / "data.arrow").write_bytes(b"x" * 50)
+    assert damage(target) == "rows/data.arrow is 50 bytes, 100 when saved"
+    (target / "rows" / "data.arrow").write_bytes(b"x" * 100)
+    assert damage(target) is None
+    (target / "stats.json").unlink()
+    assert "stats.json" in damage(target)
+    (target / READY_MARKER).write_text('{"plugin": "0.1')  # the marker itself cut short
+    assert "tell_ready.json" in damage(target)
+    (target / READY_MARKER).write_text('{"plugin": "0.1"}')  # an older save: no sizes to check
+    assert damage(target) is None
+
+
+def test_a_damaged_prepared_mix_is_built_again(load_cfg, tiny_model, tmp_path, caplog):
+    import logging
+
+    _, _, first = _prepare(load_cfg, tmp_path, tiny_model)
+    ids = first.train_dataset["input_ids"]  # read before the cut: the file is memory-mapped
+    arrow = sorted((first.path / "train").glob("data-*.arrow"))[0]
+    arrow.write_bytes(arrow.read_bytes()[:arrow.stat().st_size // 2])
+    with caplog.at_level(logging.WARNING, logger="axolotl.tell"):
+        _, _, again = _prepare(load_cfg, tmp_path, tiny_model)
+    assert f"prepared TELL mix {first.path} is damaged" in caplog.text
+    assert not again.from_cache and again.path == first.path
+    assert again.train_dataset["input_ids"] == ids
+
+
 def test_task_rows_that_already_hold_the_anchor_are_named_in_a_warning(load_cfg, tiny_model, tmp_path, caplog):
     from tiny import task_alpaca_rows
 
