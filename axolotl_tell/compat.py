@@ -144,31 +144,49 @@ def load_tokenizer(cfg):
     return _load(cfg)
 
 
-def keep_last_partial_pack_batch(trainer) -> None:
-    """Axolotl's multipack sampler drops a last batch of fewer than ``micro_batch_size`` packs (real-batches
-    geometry): with an even spread it can hold task occurrences. On one process, rebuild the training sampler
-    with ``drop_last`` off.
+def fill_pack_batches_for_ranks(trainer, on_schedule) -> None:
+    """Every planned row trained on any number of ranks, packed in either geometry (issue 27 point 1).
 
-    Not on several ranks: accelerate copies ``drop_last`` into its per-rank sampler, and with ``even_batches`` off
-    the ranks would get different numbers of batches (a hang under FSDP/ZeRO-3); there the last packs mod world
-    size stay untrained, as the README says. Not for the eval sampler (the same method builds it).
+    Axolotl's multipack sampler drops a last batch of fewer than ``micro_batch_size`` packs (``drop_last=True``),
+    and on several ranks accelerate copies that ``drop_last`` into its per-rank sharding, which then drops the
+    last ``batches mod world`` batches too. Here the training sampler keeps its last batch and
+    ``pack_schedule.fill_for_ranks`` completes the batches to a multiple of the world size with copies of the
+    first packs, so every rank gets the same number of full batches (no rank waits at a collective).
+    ``on_schedule(batches, copies)`` gets what the ranks will train. Not for the eval sampler (the same method
+    builds it). Raises ``PlanTooSmallForRanks`` for a plan of fewer batches than ranks.
     """
-    create = getattr(trainer, "_create_multipack_sampler", None)
-    if create is None or int(getattr(trainer.args, "world_size", 1) or 1) > 1:
-        return
+    from axolotl_tell.pack_schedule import fill_for_ranks
 
-    def create_keeping_last(*args, **kwargs):
+    create = getattr(trainer, "_create_multipack_sampler", None)
+    if create is None:
+        return
+    world = int(getattr(trainer.args, "world_size", 1) or 1)
+
+    def create_filled(*args, **kwargs):
         sampler = create(*args, **kwargs)
         dataset = kwargs.get("dataset", args[1] if len(args) > 1 else None)
         training = kwargs.get("is_training", True) and (dataset is None or dataset is trainer.train_dataset)
-        if training and getattr(sampler, "drop_last", False) and getattr(sampler, "batch_size", 1) > 1:
-            sampler.drop_last = False
-            sampler._batches = None
-            sampler._len_across_ranks = None
-            len(sampler)
+        if not training or not hasattr(sampler, "generate_batches"):
+            return sampler
+        generate = sampler.generate_batches
+
+        def generate_filled(set_stats: bool = False):
+            if sampler._batches is not None:  # cached: already filled
+                return sampler._batches
+            batches, copies = fill_for_ranks(generate(set_stats=set_stats), sampler.batch_size, world,
+                                             sampler.batch_size * sampler.batch_max_len)
+            sampler._batches = batches
+            on_schedule(batches, copies)
+            return batches
+
+        sampler.drop_last = False
+        sampler.generate_batches = generate_filled
+        sampler._batches = None
+        sampler._len_across_ranks = None  # counted again (on every rank alike) over the filled batches
+        len(sampler)
         return sampler
 
-    trainer._create_multipack_sampler = create_keeping_last
+    trainer._create_multipack_sampler = create_filled
 
 
 def dataloader_steps(trainer) -> tuple[int, int]:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
+FSDP_SHARDS = "pytorch_model_fsdp"  # accelerate's folder for a SHARDED_STATE_DICT model save (`<name>_<index>`)
 
 
 class ModelFolderError(ValueError):
@@ -50,6 +51,14 @@ def load_model(base_model: str, adapter: str | None = None, dtype: str = "float3
 def check_adapter_folder(folder) -> None:
     """``folder`` holds a trained adapter: its config and its weights (a killed save leaves one without the other)."""
     path = Path(folder)
+    shards = sorted(p.name for p in path.glob(f"{FSDP_SHARDS}*"))
+    if shards and not (path / ADAPTER_CONFIG).is_file():
+        raise ModelFolderError(
+            f"[axolotl_tell] {folder} is an FSDP checkpoint saved as SHARDED_STATE_DICT ({shards[0]}/ holds each "
+            "rank's shard of the whole model, not a LoRA adapter), so nothing here can be loaded for generation. "
+            f"Fix: use the run's final adapter in {path.parent} (the end of the run saves it in full); to get an "
+            "adapter in every checkpoint, train with `fsdp_config: {state_dict_type: FULL_STATE_DICT}`. The shards "
+            "still serve `resume_from_checkpoint`.")
     if not (path / ADAPTER_CONFIG).is_file():
         raise ModelFolderError(
             f"[axolotl_tell] no trained adapter in {folder} (no {ADAPTER_CONFIG}; `axolotl preprocess` trains "

@@ -34,6 +34,8 @@ class TellPlugin(BasePlugin):
         self.meter = None
         self.meter_replicas = 1
         self.steps_planned: int | None = None
+        self.micro_batches_per_rank: int | None = None  # what each rank's train dataloader yields
+        self.train_schedule: list[list[int]] | None = None  # packed: the rows of each global micro-batch
         self.trained: dict | None = None  # measured at the end of training, on every rank
         self.evaluations: list[dict] = []  # tell_keep_best: the metric at each evaluation, in step order
         self.kept: dict | None = None  # the checkpoint the trainer loaded at the end (load_best_model_at_end)

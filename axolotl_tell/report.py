@@ -140,10 +140,15 @@ def trained_section(report: dict, trained: dict | None, steps_planned: int | Non
     """What the run actually trained, next to what it planned (``max_steps`` can stop it early).
 
     Token counts are the per-source loss's measured supervised tokens (absent with `tell_source_metrics: false`).
+    ``complete``: every planned row was trained (``rows_trained`` of ``rows_planned``; ``rows_copied`` rows were
+    trained a second time to give every rank full batches); from the steps only where rows were not counted.
     """
     steps = trained["steps"] if trained else None
     section = {"steps": steps, "steps_planned": steps_planned, "max_steps": int(max_steps) if max_steps else None,
                "complete": bool(steps is not None and steps_planned and steps >= steps_planned)}
+    if trained and trained.get("rows_planned") is not None:
+        section.update({key: trained[key] for key in ("rows_planned", "rows_trained", "rows_copied")})
+        section["complete"] = trained["rows_trained"] >= trained["rows_planned"]
     resumed = (trained or {}).get("resumed_at_step")
     if resumed:
         section["resumed_at_step"] = resumed  # tokens below were counted from there on

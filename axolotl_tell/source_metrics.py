@@ -239,6 +239,19 @@ class SourceLossMeter:
         return {kind: int(round(float(sums[2 * k + 1]))) for k, kind in enumerate(KINDS)}
 
 
+UNWEIGHTED_LOSS = "tell/unweighted_loss"
+
+
+def unweighted_loss(measured: dict) -> float | None:
+    """The stock (unweighted) loss pooled over every supervised token since the last log, from :meth:`pop`'s
+    per-source means and counts: ``sum(n_kind * loss_kind) / sum(n_kind)``."""
+    total = sum(measured.get(f"tell/{kind}_tokens", 0) for kind in KINDS)
+    if not total:
+        return None
+    return sum(measured.get(f"tell/{kind}_tokens", 0) * measured.get(f"tell/{kind}_loss", 0.0)
+               for kind in KINDS) / total
+
+
 class TellTrainingError(RuntimeError):
     """The trainer Axolotl built cannot do what the TELL config asks."""
 
@@ -422,6 +435,7 @@ def attach(trainer, meter: SourceLossMeter, *, keep_model_loss: bool = False, re
     if getattr(trainer, "eval_data_collator", None) is not None:
         trainer.eval_data_collator = SourceIdsCollator(trainer.eval_data_collator, split="eval")
     compute_loss, log, evaluate = trainer.compute_loss, trainer.log, trainer.evaluate
+    reweighted = task_loss_weight != 1.0 or task_loss_share is not None
     warned = []
     source_loss = None if keep_model_loss else install_source_loss(trainer.model, meter, task_loss_weight,
                                                                    task_loss_share)
@@ -491,7 +505,14 @@ def attach(trainer, meter: SourceLossMeter, *, keep_model_loss: bool = False, re
         split = "eval" if "eval_loss" in logs else "train" if "loss" in logs else None
         if split is not None:
             prefix = "eval_" if split == "eval" else ""
-            logs.update({prefix + key: value for key, value in meter.pop(split, replicas).items()})
+            measured = meter.pop(split, replicas)
+            logs.update({prefix + key: value for key, value in measured.items()})
+            if split == "train" and reweighted:
+                # `loss` is the weighted training objective (what the optimizer, max_grad_norm and Axolotl's
+                # loss watchdog see); this is the stock loss over the same tokens, to compare with unweighted runs
+                unweighted = unweighted_loss(measured)
+                if unweighted is not None:
+                    logs[UNWEIGHTED_LOSS] = unweighted
         return log(logs, *args, **kwargs)
 
     trainer.compute_loss = compute_loss_with_sources

@@ -27,8 +27,9 @@ EVAL_STEPS_FILE = "tell_eval_steps.jsonl"
 def prepare_trainer(plugin, cfg, trainer) -> None:
     plugin.trainer = trainer
     LOG.info("[axolotl_tell] training engine: %s", training_engine(trainer))
+    plugin.train_schedule = None
     if cfg.sample_packing:
-        compat.keep_last_partial_pack_batch(trainer)
+        compat.fill_pack_batches_for_ranks(trainer, lambda batches, copies: _keep_schedule(plugin, batches))
     _set_exact_steps(plugin, cfg, trainer)
     if keep_best(cfg):
         _check_keep_best_interval(cfg, trainer)
@@ -51,6 +52,7 @@ def prepare_trainer(plugin, cfg, trainer) -> None:
                      weight, weight)
         attach(trainer, plugin.meter, keep_model_loss=bool(keep), replicas=plugin.meter_replicas,
                task_loss_weight=weight, task_loss_share=share)
+    _warn_sharded_checkpoints(cfg, trainer)
     trainer.add_callback(_RecordTrained(plugin))
     trainer.add_callback(_SpecIntoCheckpoints(plugin, cfg))
     if cfg.get("tell_eval_generate") and plugin.prepared.eval_raw:
@@ -66,10 +68,42 @@ def prepare_trainer(plugin, cfg, trainer) -> None:
             trainer.add_callback(_GenerateAtEval(plugin, cfg))
 
 
+def _warn_sharded_checkpoints(cfg, trainer) -> None:
+    """FSDP with SHARDED_STATE_DICT saves each checkpoint as model shards, no adapter (measured on an H200, FSDP2:
+    `checkpoint-N/pytorch_model_fsdp_0/`); the end of the run saves the adapter in full."""
+    fsdp = cfg.get("fsdp_config") or {}
+    kind = str(fsdp.get("state_dict_type") or fsdp.get("fsdp_state_dict_type") or "")
+    saves = str(getattr(trainer.args, "save_strategy", "no")).lower().endswith(("steps", "epoch"))
+    if "SHARDED" in kind.upper() and saves:
+        LOG.warning("[axolotl_tell] fsdp_config.state_dict_type %s: each checkpoint-N will hold the model's shards "
+                    "(for resuming), not a LoRA adapter `axolotl-tell infer --adapter` can load; the run's final "
+                    "adapter is saved in full. For an adapter in every checkpoint use FULL_STATE_DICT.", kind)
+
+
+def _keep_schedule(plugin, batches) -> None:
+    """The packed micro-batches in global order (micro-batch ``k * world + rank`` is rank ``rank``'s ``k``-th)."""
+    plugin.train_schedule = [[row for pack in batch for row in pack] for batch in batches]
+
+
+def rows_section(plugin, trainer, steps: int) -> dict:
+    """Planned rows the run trained (each counted once) and the copies that filled the ranks' last batches:
+    `trained.complete` rests on rows covered, not on steps reached."""
+    from axolotl_tell.pack_schedule import row_batches, rows_trained
+
+    world = int(getattr(trainer.args, "world_size", 1) or 1)
+    planned = len(trainer.train_dataset)
+    schedule = plugin.train_schedule
+    if schedule is None:  # unpacked: rows in order, accelerate's even_batches completes the last round
+        schedule = row_batches(planned, int(trainer.args.per_device_train_batch_size), world)
+    accumulation = max(int(trainer.args.gradient_accumulation_steps or 1), 1)
+    per_rank = min(steps * accumulation, getattr(plugin, "micro_batches_per_rank", None) or steps * accumulation)
+    return {"rows_planned": planned, **rows_trained(schedule, world, per_rank)}
+
+
 def _set_exact_steps(plugin, cfg, trainer) -> None:
     """max_steps = what the dataloader yields (every planned row), unless the user set a smaller max_steps."""
     steps, batches = compat.dataloader_steps(trainer)
-    plugin.steps_planned = steps
+    plugin.steps_planned, plugin.micro_batches_per_rank = steps, batches
     user = int(cfg.get("max_steps") or 0)
     if user and user < steps:
         if ranks.is_main_process():
@@ -151,7 +185,8 @@ class _RecordTrained(TrainerCallback):
         tokens = self.plugin.meter.trained_tokens(self.plugin.meter_replicas) if self.plugin.meter is not None \
             else None
         self.plugin.trained = {"steps": int(state.global_step), "supervised_tokens": tokens,
-                               "resumed_at_step": self.first_step or None}
+                               "resumed_at_step": self.first_step or None,
+                               **rows_section(self.plugin, self.plugin.trainer, int(state.global_step))}
         if args.load_best_model_at_end:  # the trainer loaded this checkpoint: it is what Axolotl saves next
             self.plugin.kept = kept_section(state.best_model_checkpoint, state.best_metric,
                                             getattr(state, "best_global_step", None), args.metric_for_best_model,

@@ -224,6 +224,26 @@ def test_infer_refuses_an_output_dir_without_a_trained_adapter(preprocessed, cap
     assert _infer(path, "--base-model-only") == 0  # the explicit baseline
 
 
+def test_infer_explains_an_fsdp_sharded_checkpoint(preprocessed, capsys):
+    """What an FSDP2 SHARDED_STATE_DICT run saved at step 15 on an H200 (bench/gpu_checks.py, issue 27 point 5):
+    the model's shards and the trainer's state, no adapter. Before: "no trained adapter ... Fix: train first"."""
+    import shutil
+
+    path, cfg, out = preprocessed
+    _as_trained(path, cfg)
+    ckpt = out / "checkpoint-15"
+    (ckpt / "pytorch_model_fsdp_0").mkdir(parents=True)
+    (ckpt / "pytorch_model_fsdp_0" / "__0_0.distcp").write_bytes(b"\0" * 16)
+    for name in ("trainer_state.json", "rng_state.pth", "scheduler.pt"):
+        (ckpt / name).write_text("{}")
+    shutil.copy(out / "tell.json", ckpt / "tell.json")
+    assert _infer(path, "--adapter", str(ckpt)) == 2
+    err = capsys.readouterr().err
+    assert f"{ckpt} is an FSDP checkpoint saved as SHARDED_STATE_DICT (pytorch_model_fsdp_0/" in err
+    assert f"Fix: use the run's final adapter in {out}" in err and "FULL_STATE_DICT" in err
+    assert "train first" not in err
+
+
 def test_infer_loads_a_complete_adapter(preprocessed, tiny_model, capsys):
     path, cfg, out = preprocessed
     _lora_adapter(tiny_model, out)

@@ -163,6 +163,11 @@ def test_two_ddp_ranks_train_consecutive_slices_of_the_plan(tiny_model, tmp_path
         weighted = (weight * n_task * task_loss + n_gen * gen_loss) / (n_task + n_gen)
         plain = (n_task * task_loss + n_gen * gen_loss) / (n_task + n_gen)
         assert loss == pytest.approx(weighted, rel=0.03) and abs(loss - weighted) <= abs(loss - plain)
+    # the stock loss over the same tokens is logged beside the weighted one (issue 27 point 3), pooled over ranks
+    unweighted = [float(x) for x in re.findall(r"'tell/unweighted_loss': '?([0-9.]+)", log)]
+    assert len(unweighted) == len(steps)
+    for (_, n_task, task_loss, n_gen, gen_loss), logged in zip(steps, unweighted):
+        assert logged == pytest.approx((n_task * task_loss + n_gen * gen_loss) / (n_task + n_gen), rel=3 * LOG_REL)
     assert re.search(r"'eval_tell/task_loss': '?[0-9.]+", log)
     assert (out / "adapter_model.safetensors").is_file()
 
