@@ -22,7 +22,7 @@ TASK_KEYS = {"name", "description", "train", "test", "user_field", "assistant_fi
              "anchor", "max_new_tokens", "test_rows", "val_rows", "sizes", "general_leak_regex"}
 REQUIRED_TASK_KEYS = {"name", "train", "test", "user_field", "assistant_field", "metric", "anchor"}
 BLOCK_KEYS = {"tasks", "sizes", "methods", "seeds", "task_repeats", "general_ratio", "test_rows", "val_rows",
-              "max_new_tokens", "train", "general", "variant", "tell"}
+              "max_new_tokens", "train", "general", "variant", "tell", "sft_curve"}
 
 
 class SpecError(ValueError):
@@ -109,7 +109,7 @@ def expand(grid_name: str, grids: dict | None = None) -> list[Cell]:
         if unknown:
             raise SpecError(f"grid {grid_name}: unknown keys {sorted(unknown)}")
         overrides = {k: copy.deepcopy(block[k]) for k in ("test_rows", "val_rows", "max_new_tokens", "train",
-                                                          "general", "tell") if k in block}
+                                                          "general", "tell", "sft_curve") if k in block}
         variant = str(block.get("variant") or "")
         if variant and not variant.replace("_", "").replace(".", "").isalnum():
             raise SpecError(f"grid {grid_name}: variant {variant!r}: use letters, digits, '_' and '.' only")
