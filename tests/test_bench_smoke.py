@@ -67,6 +67,12 @@ def test_smoke_grid_writes_results_and_resumes(tiny_model, tmp_path):
     assert all(0 <= p["score"] <= 1 and p["general_loss"] > 0 for p in best["frontier"])
     chosen = next(p for p in best["frontier"] if p["epochs"] == best["chosen_epochs"])
     assert chosen["score"] == best["score"]  # the kept adapter is the curve's point at that epoch
+    # sft_curve: false scores validation rows at every epoch and the test rows at the chosen one only
+    lean = next(r for r in all_runs if r["method"] == "sft_best" and r.get("variant") == "nocurve")
+    assert "frontier" not in lean and set(lean["val_scores"]) == {str(p["epochs"]) for p in best["frontier"]}
+    scores = {int(e): s for e, s in lean["val_scores"].items()}
+    assert lean["chosen_epochs"] == max(scores, key=lambda e: (scores[e], -e))  # the earliest best on validation
+    assert 0 <= lean["score"] <= 1 and lean["general_loss"] > 0
     # tell_best: the plugin kept the checkpoint best on the validation rows; the bench scores that adapter
     kept = next(r for r in runs if r["method"] == "tell_best")
     assert kept["tell_keys"]["tell_keep_best"] is True and kept["prompt"] == "anchored"
