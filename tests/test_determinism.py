@@ -107,11 +107,13 @@ def test_every_world_size_sees_one_global_order(plan, micro):
 
 
 def test_packed_sequential_batches_are_shared_out_without_repeats(plan):
-    """Packed: each rank takes every world-th pack; the last `packs % world` packs are dropped (world > 1).
+    """Packed, Axolotl and accelerate alone: each rank takes every world-th pack; the last `packs % world` packs
+    are dropped (world > 1).
 
     Axolotl builds its MultipackBatchSampler with `drop_last=True` and turns accelerate's `even_batches` off,
     so accelerate's shard stops at the last round every rank can take: nothing repeats, and up to world - 1
-    packs at the end of the plan are not trained. This test pins that behaviour (see README, Multi-GPU).
+    packs at the end of the plan are not trained. This test pins that upstream behaviour, which the plugin's fill
+    repairs (`compat.fill_pack_batches_for_ranks`; tests/test_multirank_plan.py).
     """
     from axolotl.utils.samplers.multipack import MultipackBatchSampler
     from torch.utils.data import SequentialSampler
