@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 from tiny import make_workspace
 
-from axolotl_tell.pack_schedule import PlanTooSmallForRanks, fill_for_ranks
+from axolotl_tell.pack_schedule import PlanTooSmallForRanks, fill_for_ranks, row_batches, rows_trained
 
 LAUNCHER = Path(__file__).parent / "cpu_launch.py"
 
@@ -102,6 +102,19 @@ def test_a_plan_smaller_than_the_ranks_is_refused_with_its_numbers():
         fill_for_ranks(batches, 1, 4)
     message = str(err.value)
     assert "2 micro-batches" in message and "4 ranks" in message and "Fix:" in message
+
+
+def test_rows_trained_counts_distinct_planned_rows_and_the_copies():
+    """What `trained.rows_*` and `complete` rest on. Unpacked, 10 rows, 4 a micro-batch, 2 ranks: accelerate's
+    even_batches gives [8, 9, 0, 1] and [2, 3, 4, 5] as the last round (6 copies)."""
+    batches = row_batches(10, 4, 2)
+    assert batches == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9, 0, 1], [2, 3, 4, 5]]
+    assert rows_trained(batches, 2, 2) == {"rows_trained": 10, "rows_copied": 6}
+    assert rows_trained(batches, 2, 1) == {"rows_trained": 8, "rows_copied": 0}  # stopped early: incomplete
+    assert row_batches(10, 4, 1) == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]  # one rank: nothing copied
+    filled, copies = fill_for_ranks([[[0, 1], [2]], [[3, 4]]], 2, 2)  # 3 packs, 2 a batch, 2 ranks
+    flat = [[row for pack in batch for row in pack] for batch in filled]
+    assert rows_trained(flat, 2, 1) == {"rows_trained": 5, "rows_copied": copies.rows} and copies.packs == 1
 
 
 def test_the_shipped_multigpu_example_trains_its_plan_at_any_world_size():
