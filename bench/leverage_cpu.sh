@@ -23,6 +23,9 @@ step_qf100()  { cells --tasks question_formation --sizes 100 --seeds 0; }   # th
 step_new10()  { for t in sports_understanding object_counting fact_verification disfl_qa; do
                   cells --tasks "$t" --sizes 10 --seeds 0; done; }            # the four new tasks, 10 rows
 step_os100()  { cells --tasks opinion_sentiment --sizes 100 --seeds 0; }
+step_new30()  { for t in sports_understanding object_counting; do         # 30 rows, where the GPU runs trailed:
+                  cells --tasks "$t" --sizes 30 --seeds 0 --methods tell tell_best    # TELL first, then SFT and
+                  cells --tasks "$t" --sizes 30 --seeds 0; done; }                     # its peers
 steps=("$@"); [ ${#steps[@]} -gt 0 ] || steps=(qf100 new10 os100)
 for s in "${steps[@]}"; do echo "== leverage_cpu step $s"; "step_$s"; done
 .venv/bin/python bench/run.py --report-only --out "$OUT" > /dev/null

@@ -44,6 +44,10 @@ from tellbench import axo, configs, data, report, scoring  # noqa: E402
 from tellbench.spec import ANCHORED_METHODS, TELL_METHODS, Cell, expand, load_grids, load_task  # noqa: E402
 
 DEFAULT_MODEL = ROOT / ".cache" / "models" / "smollm2-135m-instruct"
+SFT_BEST_CHOICE = "sft_best_choice.json"  # in an sft_best cell's folder: the adapter it chose, for sft_scaled
+SFT_FACTS = ("task_repeats", "epochs", "steps", "steps_run", "chosen_epochs", "general_tokens",
+             "general_supervised_tokens", "task_tokens", "task_supervised_tokens", "precision", "steps_per_epoch",
+             "rows_per_step")  # what sft_scaled's record repeats from its sft_best twin (it trains nothing itself)
 REQUIRED_KEYS = ("task", "method", "task_rows", "seed", "score", "metric", "general_loss", "model", "task_repeats",
                  "general_tokens", "task_tokens", "train_tokens", "steps", "wall_s", "device")
 
@@ -259,6 +263,10 @@ class Bench:
                        general_ratio_achieved=rep["ratio"]["achieved"], plan_sha256=rep["plan_sha256"], epochs=1,
                        steps=facts["steps_logged"] or axo.steps_per_epoch(len(lengths), rows_per_step), **facts)
             adapter = d / "out"
+        elif method == "sft_scaled":  # no training: sft_best's chosen adapter, its LoRA delta scaled on validation
+            chosen = self.sft_best_choice(cell)
+            rec.update(chosen["record"], scaled_from=cell.sft_best_twin().key)
+            adapter = self.work / chosen["adapter"]
         else:  # task rows only: sft, sft_matched, sft_best, sft_anchor
             anchor = spec["anchor"] if method == "sft_anchor" else None
             epochs, max_steps = repeats, None
@@ -303,10 +311,30 @@ class Bench:
         rec["config"] = str((d / "config.yml").relative_to(self.work)) if (d / "config.yml").is_file() else None
         rec["tell_keys"] = self.tell_keys(cell)
         rec["created"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+        if method == "sft_best":  # what sft_scaled scales: the chosen adapter (kept below) and this run's facts
+            chosen = rec.get("chosen_checkpoint") or str((d / "out").relative_to(self.work))
+            (d / SFT_BEST_CHOICE).write_text(json.dumps(
+                {"adapter": chosen, "record": {k: rec[k] for k in SFT_FACTS if k in rec}}, indent=1))
         if method in ("sft_best", "tell_best") and not self.args.keep_checkpoints:
+            kept = self.work / rec["chosen_checkpoint"] if rec.get("chosen_checkpoint") else None
             for ckpt in (d / "out").glob("checkpoint-*"):
-                shutil.rmtree(ckpt, ignore_errors=True)
+                if ckpt != kept:
+                    shutil.rmtree(ckpt, ignore_errors=True)
         return rec
+
+    def sft_best_choice(self, cell: Cell) -> dict:
+        """The sft_best twin's chosen adapter (relative to the work folder) and its training facts."""
+        twin = cell.sft_best_twin()
+        path = self.cell_dir(twin) / SFT_BEST_CHOICE
+        if not path.is_file():
+            raise RuntimeError(f"sft_scaled scales the adapter sft_best chose: {path} is missing. Fix: run the cell "
+                               f"{twin.key} first (list sft_best before sft_scaled in the block); an sft_best run "
+                               "recorded before sft_scaled existed kept no adapter: remove its record to run it again")
+        choice = json.loads(path.read_text(encoding="utf-8"))
+        if not (self.work / choice["adapter"] / "adapter_config.json").is_file():
+            raise RuntimeError(f"sft_scaled: the adapter {self.work / choice['adapter']} named in {path} is gone. "
+                               f"Fix: remove the record of {twin.key} and run both cells again")
+        return choice
 
     def tell_keys(self, cell: Cell) -> dict | None:
         """Every ``tell_*`` key of the plugin run behind a cell (its own, or its TELL twin's plan), from the YAML."""
@@ -391,6 +419,8 @@ class Bench:
         out = {"prompt": "anchored" if anchored else "plain"}
         if cell.method in TELL_METHODS:
             out.update(self.val_eval(model, tok, spec, td, prompts_for, max_new))
+        if cell.method == "sft_scaled":
+            out.update(self.pick_scale(cell, spec, td, model, tok, prompts_for, max_new))
         if cell.method == "sft_best":
             out.update(self.pick_epoch(cell, spec, td, d, prompts_for, max_new))
             if out.get("chosen_checkpoint"):
@@ -452,6 +482,24 @@ class Bench:
         out = self.val_eval(model, tok, spec, td, self.prompter(cell, spec, adapter, tok), max_new)
         del model
         return out
+
+    def pick_scale(self, cell, spec, td, model, tok, prompts_for, max_new) -> dict:
+        """sft_scaled: sft_best's adapter with its LoRA delta at each scale of the grid's ``sft_scaled.scales``, scored
+        on the validation rows; the best is kept (ties: the smaller scale, nearer the base model), the model is left
+        at that scale for the test rows and the general checks."""
+        if not td.val:
+            raise RuntimeError("sft_scaled chooses its scale on validation rows: this task setting has none")
+        scales = sorted({float(s) for s in self.grids["sft_scaled"]["scales"]})
+        refs = [data.task_reference(spec, r) for r in td.val]
+        prompts = prompts_for(td.val)
+        scores = {}
+        for scale in scales:
+            scoring.set_lora_scale(model, scale)
+            scores[scale] = scoring.task_eval(model, tok, prompts, refs, spec["metric"], max_new, self.batch)["score"]
+            print(f"[bench]   sft_best adapter x {scale:g}: val {scores[scale]:.3f}", flush=True)
+        best = max(scales, key=lambda s: (scores[s], -s))
+        scoring.set_lora_scale(model, best)
+        return {"val_scores": {f"{s:g}": v for s, v in scores.items()}, "val_rows": len(td.val), "chosen_scale": best}
 
     def pick_epoch(self, cell, spec, td, d: Path, prompts_for, max_new) -> dict:
         """sft_best: score the adapter of each candidate epoch on the validation rows; keep the best."""

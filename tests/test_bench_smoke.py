@@ -73,6 +73,14 @@ def test_smoke_grid_writes_results_and_resumes(tiny_model, tmp_path):
     scores = {int(e): s for e, s in lean["val_scores"].items()}
     assert lean["chosen_epochs"] == max(scores, key=lambda e: (scores[e], -e))  # the earliest best on validation
     assert 0 <= lean["score"] <= 1 and lean["general_loss"] > 0
+    # sft_scaled trains nothing: lean's chosen adapter, its LoRA delta scaled, the scale chosen on validation rows
+    scaled = next(r for r in all_runs if r["method"] == "sft_scaled")
+    assert scaled["wall_s"] == 0 and scaled["scaled_from"] == lean["key"] and scaled["prompt"] == "plain"
+    assert all(scaled[k] == lean[k] for k in ("steps", "task_tokens", "chosen_epochs", "task_repeats"))
+    vals = {float(s): v for s, v in scaled["val_scores"].items()}
+    assert sorted(vals) == [0.25, 0.5, 0.75, 1.0] and vals[1.0] == lean["val_scores"][str(lean["chosen_epochs"])]
+    assert scaled["chosen_scale"] == max(vals, key=lambda s: (vals[s], -s))  # ties: nearer the base model
+    assert scaled["chosen_scale"] != 1.0 or scaled["score"] == lean["score"]
     # tell_best: the plugin kept the checkpoint best on the validation rows; the bench scores that adapter
     kept = next(r for r in runs if r["method"] == "tell_best")
     assert kept["tell_keys"]["tell_keep_best"] is True and kept["prompt"] == "anchored"

@@ -269,3 +269,18 @@ def test_a_task_loss_share_run_is_one_lever_paired_with_the_default_weight_run()
     row = [line for line in lever_choice([default, share], "tell_task_loss_share").splitlines()
            if line.startswith("| 0.75 |")]
     assert len(row) == 1 and "QF10/s0 +0.05" in row[0]
+
+
+def test_data_efficiency_sets_tell_at_n_rows_against_sft_best_at_three_times_as_many():
+    from tellbench.frontier import data_efficiency
+
+    base = run("t", "zero_shot", 0, 0.0, 1.6)
+    tell10 = {**tell_run(10, 20), **run("t", "tell", 0, 0.55, 1.59)}
+    kept10 = run("t", "tell_best", 0, 0.70, 1.60)
+    sft30 = [{**run("t", "sft_best", s, score, 2.5), "task_rows": 30} for s, score in ((0, 0.60), (1, 0.80))]
+    sft10 = run("t", "sft_best", 0, 0.50, 2.5)
+    text = data_efficiency([base, tell10, kept10, sft10, *sft30])
+    assert text.splitlines()[-1] == ("| t | 10 | 0.550 (n=1) (-0.150) | 0.700 (n=1) (+0.000) | 30 | "
+                                     "0.700 ± 0.141 (n=2) |")
+    # no sft_best at 3N or more: no line (10 rows of SFT are not 3 x 10)
+    assert data_efficiency([base, tell10, kept10, sft10]) == ""

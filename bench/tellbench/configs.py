@@ -11,6 +11,9 @@
 * ``sft``            plain Axolotl on the task rows only, ``num_epochs`` = the TELL run's task repeats;
 * ``sft_matched``    the same, run for as many optimizer steps as the TELL run (``max_steps``);
 * ``sft_best``       the same, an adapter saved every epoch; the epoch count is chosen on validation rows;
+* ``sft_scaled``     no training: ``sft_best``'s chosen adapter with its LoRA delta scaled (``sft_scaled.scales`` in
+                     ``grids.yaml``, WiSE-FT-style), the scale chosen on the validation rows: a cheap way to keep
+                     general skill that TELL has to beat;
 * ``sft_anchor``     the plugin's anchored strategy as a plain dataset type (``axolotl_tell.anchored.chat_template``),
                      task rows only, ``num_epochs`` = task repeats.
 """

@@ -169,7 +169,8 @@ def points(runs: list[dict]) -> dict:
 def _order(label: str):
     if label.startswith("SFT "):
         return (0, int(label.split()[1]))
-    return ({"sft_best": 1, "zero_shot": 2, "TELL (defaults)": 3, "tell_best": 4}.get(label, 5), label)
+    return ({"sft_best": 1, "sft_scaled": 1.5, "zero_shot": 2, "TELL (defaults)": 3, "tell_best": 4}.get(label, 5),
+            label)
 
 
 def table(runs: list[dict]) -> str:
@@ -255,6 +256,34 @@ def goal(runs: list[dict]) -> str:
         lines.append(f"| {task} | {rows} | {_fmt(*_ms(best['score']))} | {_fmt(*_ms(tell['score']))} | {gap:+.3f} | "
                      f"{noise} | {td:+.3f} | {bd:+.3f} | {'; '.join(parts)}{few} | {_best_columns(cell)} |")
     return "\n".join(lines)
+
+
+EFFICIENCY = 3  # issue 24's data-efficiency view: TELL at N task rows against sft_best at (at least) 3N rows
+
+
+def data_efficiency(runs: list[dict]) -> str:
+    """TELL at N rows against ``sft_best`` at the fewest measured rows >= 3N, same task (means over seeds): the
+    paper's claim is parity with 3-10x fewer task rows. Empty when no task has both."""
+    cells = points(runs)
+    lines = []
+    for (task, rows), cell in sorted(cells.items()):
+        tell, kept = cell.get("TELL (defaults)"), cell.get("tell_best")
+        if not tell and not kept:
+            continue
+        more = sorted(n for (t, n), c in cells.items() if t == task and n >= EFFICIENCY * rows and c.get("sft_best"))
+        if not more:
+            continue
+        best = cells[(task, more[0])]["sft_best"]
+        bs = _ms(best["score"])[0]
+
+        def versus(point):
+            return "–" if not point else f"{_fmt(*_ms(point['score']))} ({_ms(point['score'])[0] - bs:+.3f})"
+
+        lines.append(f"| {task} | {rows} | {versus(tell)} | {versus(kept)} | {more[0]} | {_fmt(*_ms(best['score']))} |")
+    if not lines:
+        return ""
+    return "\n".join(["| task | TELL rows N | TELL (defaults) (vs sft_best) | tell_best (vs sft_best) | sft_best rows "
+                      f"(≥ {EFFICIENCY}N) | sft_best score |", "|---|---:|---|---|---:|---|", *lines])
 
 
 def _best_columns(cell: dict) -> str:

@@ -199,7 +199,7 @@ def write(results_path: Path) -> str:
               "file.\n\n")
     pics = "".join(f"![{p.name}]({p.name})\n" for p in made)
     frontier_part = ""
-    if any(r.get("frontier") for r in runs):
+    if any(r.get("frontier") or r["method"] == "sft_best" for r in runs):  # sft_curve: false runs carry no curve
         from tellbench import frontier
 
         try:
@@ -212,6 +212,11 @@ def write(results_path: Path) -> str:
                          f"{frontier.SCORE_TOLERANCE:g} of its score, general loss within "
                          f"{frontier.LOSS_TOLERANCE:g} nats of the base model's.\n\n" + frontier.goal(runs) + "\n\n"
                          + (f"![frontier]({picture.name})\n\n" if picture else ""))
+        efficiency = frontier.data_efficiency(runs)
+        if efficiency:
+            frontier_part += ("## Data efficiency\n\nTELL at N task rows against `sft_best` trained on at least "
+                              f"{frontier.EFFICIENCY}N rows of the same task (means over seeds; in brackets: TELL "
+                              "minus `sft_best`).\n\n" + efficiency + "\n\n")
         for lever, title in (("tell_task_loss_weight", "Task loss weight"), ("tell_general_ratio", "General ratio"),
                              ("tell_spread", "Spread"),
                              ("tell_task_loss_share", "Task loss share (instead of the weight)")):

@@ -26,6 +26,24 @@ def load(base_model: str, adapter: str | None = None, device: str = "cpu"):
     return model.to(device), tokenizer
 
 
+def set_lora_scale(model, factor: float) -> int:
+    """Scale every LoRA delta of a loaded PEFT model to ``factor`` times its trained size: 0 is the base model, 1 the
+    adapter as trained, between them a WiSE-FT-style interpolation of the weights (no training). Always relative to
+    the trained scaling, so calls do not compound. Returns the number of LoRA layers scaled."""
+    from peft.tuners.lora import LoraLayer
+
+    layers = 0
+    for module in model.modules():
+        if isinstance(module, LoraLayer):
+            trained = module.__dict__.setdefault("_bench_trained_scaling", dict(module.scaling))
+            for name, value in trained.items():
+                module.scaling[name] = value * float(factor)
+            layers += 1
+    if not layers:
+        raise RuntimeError("set_lora_scale: the model has no LoRA layer (load it with its adapter)")
+    return layers
+
+
 def anchored_spec(anchor: str, chat_template: str = "tokenizer_default") -> dict:
     """A ``tell.json``-like spec: the anchor and a chat_template task entry, as the plugin writes it."""
     return {"anchor": {"text": anchor, "placement_requested": "auto", "separator": "\n\n", "source": "config"},

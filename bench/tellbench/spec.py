@@ -14,8 +14,8 @@ from tellbench import BENCH
 TASKS_DIR = BENCH / "tasks"
 GRIDS_FILE = BENCH / "grids.yaml"
 
-METHODS = ("zero_shot", "sft", "sft_matched", "sft_best", "tell", "tell_best", "tell_auto_anchor", "tell_no_anchor",
-           "sft_anchor")
+METHODS = ("zero_shot", "sft", "sft_matched", "sft_best", "sft_scaled", "tell", "tell_best", "tell_auto_anchor",
+           "tell_no_anchor", "sft_anchor")
 ANCHORED_METHODS = ("zero_shot", "tell", "tell_best", "tell_auto_anchor", "sft_anchor")  # scored anchored
 TELL_METHODS = ("tell", "tell_best", "tell_auto_anchor")  # trained through the plugin; scored with its tell.json
 TASK_KEYS = {"name", "description", "train", "test", "user_field", "assistant_field", "answer_json_field", "metric",
@@ -91,6 +91,11 @@ class Cell:
     def tell_twin(self) -> "Cell":
         """The TELL cell this cell is matched to (same data, seed, repeats and ratio)."""
         return Cell(self.task, "tell", self.task_rows, self.seed, self.task_repeats, self.general_ratio,
+                    self.overrides, self.variant)
+
+    def sft_best_twin(self) -> "Cell":
+        """The ``sft_best`` cell whose chosen adapter an ``sft_scaled`` cell scales (same block, data and seed)."""
+        return Cell(self.task, "sft_best", self.task_rows, self.seed, self.task_repeats, self.general_ratio,
                     self.overrides, self.variant)
 
 
