@@ -9,13 +9,31 @@ other step (sampler, sharding, ZeRO engine, all-reduce, saving) to Axolotl, acce
 * the model's device: with ``WORLD_SIZE > 1`` Axolotl maps rank r to device r (a GPU); here, to the CPU (and
   its GPU peer-to-peer probe, which a CUDA build of torch without a driver fails, is skipped);
 * accelerate picks its multi-CPU mode only with ``ACCELERATE_USE_CPU=true``, which the caller sets.
+
+Two test knobs: ``TELL_TEST_PG_TIMEOUT_S`` (the process group's timeout: a rank waiting longer in a collective
+fails) and ``TELL_TEST_GENERATE_DELAY_S`` (each prompt generated while the process group is up takes that many
+seconds longer: what a large model's generation costs, on the tiny one).
 """
 
+import datetime
 import os
+import time
 
 import torch.distributed as dist
 
-dist.init_process_group("gloo")
+_timeout = os.environ.get("TELL_TEST_PG_TIMEOUT_S")
+dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=float(_timeout)) if _timeout else None)
+if os.environ.get("TELL_TEST_GENERATE_DELAY_S"):
+    import axolotl_tell.evaluate as tell_evaluate
+
+    _generate, _delay = tell_evaluate.generate, float(os.environ["TELL_TEST_GENERATE_DELAY_S"])
+
+    def _slow_generate(model, tokenizer, prompts, **kwargs):
+        if dist.is_initialized():  # during training; the end-of-run eval runs after Axolotl's process group is gone
+            time.sleep(_delay * len(prompts))
+        return _generate(model, tokenizer, prompts, **kwargs)
+
+    tell_evaluate.generate = _slow_generate
 if os.environ.get("ACCELERATE_USE_DEEPSPEED") == "true":
     import deepspeed.comm as ds_comm
 

@@ -172,6 +172,26 @@ def test_two_ddp_ranks_train_consecutive_slices_of_the_plan(tiny_model, tmp_path
     assert (out / "adapter_model.safetensors").is_file()
 
 
+def test_generation_during_training_keeps_every_rank_inside_the_process_group_timeout(tiny_model, tmp_path,
+                                                                                    monkeypatch):
+    """Issue 27 point 2. Generating a task eval row is made 15 s slower (a large model's cost), with 4 eval rows and a
+    45 s process-group timeout: rank 0 generating all 4 alone (60 s) left rank 1 waiting past the timeout in the next
+    step's all-reduce, and the run died. Sharded, each rank generates its 2 rows (30 s) at the same time; none waits."""
+    monkeypatch.setenv("TELL_TEST_GENERATE_DELAY_S", "15")
+    monkeypatch.setenv("TELL_TEST_PG_TIMEOUT_S", "45")
+    cfg_path, cfg = make_workspace(tmp_path, tiny_model, task="chat_template", tell_task_eval_rows=4,
+                                   tell_eval_generate="exact_match", tell_eval_max_new_tokens=2, eval_steps=3)
+    log = _train(cfg_path, "ddp", timeout=400)  # the old code: "Timed out waiting 45000ms" on rank 1, exit 1
+    out = Path(cfg["output_dir"])
+    evals = [json.loads(line) for line in (out / "tell_eval_steps.jsonl").read_text().splitlines()]
+    report = json.loads((out / "tell_report.json").read_text())
+    assert report["trained"]["complete"], report["trained"]
+    # evaluations during training (each 2 x 15 s per rank), every one over all 4 rows
+    assert [e for e in evals if 0 < e["step"] < report["trained"]["steps"]], evals
+    assert all(e["n"] == 4 for e in evals), evals
+    assert "training engine: DDP, world size 2" in log
+
+
 def test_two_ranks_packed_training_with_an_odd_task_eval_set(tiny_model, tmp_path):
     """Packed training leaves accelerate's even_batches off; the unpacked task eval set of 3 rows then gave the
     ranks 2 and 1 eval batches and the evaluation loop's gathers hung. With even_batches on for eval, the copy
