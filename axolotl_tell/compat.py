@@ -152,7 +152,7 @@ def fill_pack_batches_for_ranks(trainer, on_schedule) -> None:
     last ``batches mod world`` batches too. Here the training sampler keeps its last batch and
     ``pack_schedule.fill_for_ranks`` completes the batches to a multiple of the world size with copies of the
     first packs, so every rank gets the same number of full batches (no rank waits at a collective).
-    ``on_schedule(batches, copies)`` gets what the ranks will train. Not for the eval sampler (the same method
+    ``on_schedule(batches)`` gets what the ranks will train (copies included; the report recounts them). Not for the eval sampler (the same method
     builds it). Raises ``PlanTooSmallForRanks`` for a plan of fewer batches than ranks.
     """
     from axolotl_tell.pack_schedule import fill_for_ranks
@@ -173,10 +173,10 @@ def fill_pack_batches_for_ranks(trainer, on_schedule) -> None:
         def generate_filled(set_stats: bool = False):
             if sampler._batches is not None:  # cached: already filled
                 return sampler._batches
-            batches, copies = fill_for_ranks(generate(set_stats=set_stats), sampler.batch_size, world,
-                                             sampler.batch_size * sampler.batch_max_len)
+            batches, _ = fill_for_ranks(generate(set_stats=set_stats), sampler.batch_size, world,
+                                        sampler.batch_size * sampler.batch_max_len)
             sampler._batches = batches
-            on_schedule(batches, copies)
+            on_schedule(batches)
             return batches
 
         sampler.drop_last = False

@@ -29,7 +29,7 @@ def prepare_trainer(plugin, cfg, trainer) -> None:
     LOG.info("[axolotl_tell] training engine: %s", training_engine(trainer))
     plugin.train_schedule = None
     if cfg.sample_packing:
-        compat.fill_pack_batches_for_ranks(trainer, lambda batches, copies: _keep_schedule(plugin, batches))
+        compat.fill_pack_batches_for_ranks(trainer, lambda batches: _keep_schedule(plugin, batches))
     _set_exact_steps(plugin, cfg, trainer)
     if keep_best(cfg):
         _check_keep_best_interval(cfg, trainer)
