@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Issue 24's leverage grid (`leverage` in bench/grids.yaml) on the lent GPU machine, inside ONE device call:
-# one stream per (task, rows), each running seed 0, then 1, then 2 (zero_shot, tell, sft_best, tell_best).
+# one stream per (task, rows), each running seed 0, then 1, then 2 (zero_shot, sft_best, sft_scaled, tell, tell_best,
+# tell_no_anchor). sft_scaled reads the adapter its sft_best twin kept in the same stream's work folder: a call
+# that records sft_best but is cut before sft_scaled leaves it to be rerun with its sft_best (remove that record).
 #
 #   here:   python bench/stage_data.py --grid leverage                # task + general files into bench/.data
 #           mkdir -p bench/.data/tokenizer && cp .cache/models/smollm2-135m-instruct/{tokenizer*,chat_template.jinja,generation_config.json} bench/.data/tokenizer/
