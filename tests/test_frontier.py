@@ -284,3 +284,16 @@ def test_data_efficiency_sets_tell_at_n_rows_against_sft_best_at_three_times_as_
                                      "0.700 ± 0.141 (n=2) |")
     # no sft_best at 3N or more: no line (10 rows of SFT are not 3 x 10)
     assert data_efficiency([base, tell10, kept10, sft10]) == ""
+
+
+def test_peers_are_read_against_tell_on_both_axes():
+    from tellbench.frontier import peers
+
+    base = run("t", "zero_shot", 0, 0.0, 1.6)
+    tell = {**tell_run(10, 20), **run("t", "tell", 0, 0.60, 1.59)}
+    lines = peers([base, tell, run("t", "sft_scaled", 0, 0.595, 1.61),
+                   run("t", "tell_no_anchor", 0, 0.50, 1.70)]).splitlines()
+    assert lines[2].startswith("| t | 10 | sft_scaled | 0.595 (n=1) | +0.010 |")
+    assert lines[2].endswith("| matches TELL on both axes |")
+    assert lines[3].endswith("| task -0.100 vs TELL; general loss +0.100 over the base |")
+    assert peers([base, tell]) == ""

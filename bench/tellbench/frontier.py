@@ -258,6 +258,37 @@ def goal(runs: list[dict]) -> str:
     return "\n".join(lines)
 
 
+PEERS = ("sft_scaled", "tell_no_anchor")  # issue 24: what a user would do instead to keep general skill
+
+
+def peers(runs: list[dict]) -> str:
+    """Each peer against TELL at the defaults on both axes (means over seeds): it "matches TELL" where its score is
+    within 1 point of TELL's or above and its held-out general loss within 0.02 nats of the base model's (the
+    retention TELL is held to). Empty when no cell has a peer."""
+    lines = []
+    for (task, rows), cell in sorted(points(runs).items()):
+        tell = cell.get("TELL (defaults)")
+        for peer in PEERS:
+            p = cell.get(peer)
+            if not p:
+                continue
+            ps, pd = _ms(p["score"])[0], _ms(p["delta"])[0]
+            if tell:
+                ts = _ms(tell["score"])[0]
+                keeps = pd <= LOSS_TOLERANCE
+                verdict = ("matches TELL on both axes" if ps >= ts - SCORE_TOLERANCE and keeps else
+                           "; ".join(x for x in ("" if ps >= ts - SCORE_TOLERANCE else f"task {ps - ts:+.3f} vs TELL",
+                                                 "" if keeps else f"general loss +{pd:.3f} over the base") if x))
+            else:
+                verdict = "no TELL run to compare"
+            lines.append(f"| {task} | {rows} | {peer} | {_fmt(*_ms(p['score']))} | {pd:+.3f} | "
+                         f"{_fmt(*_ms(tell['score'])) if tell else '–'} | {verdict} |")
+    if not lines:
+        return ""
+    return "\n".join(["| task | rows | peer | score | Δ general loss | TELL (defaults) score | reading |",
+                      "|---|---:|---|---|---:|---|---|", *lines])
+
+
 EFFICIENCY = 3  # issue 24's data-efficiency view: TELL at N task rows against sft_best at (at least) 3N rows
 
 

@@ -212,6 +212,12 @@ def write(results_path: Path) -> str:
                          f"{frontier.SCORE_TOLERANCE:g} of its score, general loss within "
                          f"{frontier.LOSS_TOLERANCE:g} nats of the base model's.\n\n" + frontier.goal(runs) + "\n\n"
                          + (f"![frontier]({picture.name})\n\n" if picture else ""))
+        peer_table = frontier.peers(runs)
+        if peer_table:
+            frontier_part += ("## Peers\n\nWhat a user would do instead to keep general skill, against TELL at the "
+                              "defaults: `sft_scaled` (the `sft_best` adapter scaled down, the scale chosen on "
+                              "validation rows; no training) and `tell_no_anchor` (the same mix without the "
+                              "anchor).\n\n" + peer_table + "\n\n")
         efficiency = frontier.data_efficiency(runs)
         if efficiency:
             frontier_part += ("## Data efficiency\n\nTELL at N task rows against `sft_best` trained on at least "
