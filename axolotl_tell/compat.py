@@ -152,8 +152,9 @@ def fill_pack_batches_for_ranks(trainer, on_schedule) -> None:
     last ``batches mod world`` batches too. Here the training sampler keeps its last batch and
     ``pack_schedule.fill_for_ranks`` completes the batches to a multiple of the world size with copies of the
     first packs, so every rank gets the same number of full batches (no rank waits at a collective).
-    ``on_schedule(batches)`` gets what the ranks will train (copies included; the report recounts them). Not for the eval sampler (the same method
-    builds it). Raises ``PlanTooSmallForRanks`` for a plan of fewer batches than ranks.
+    ``on_schedule(batches)`` gets what the ranks will train (copies included; the report recounts them). Not for
+    the eval sampler (the same method builds it). Raises ``PlanTooSmallForRanks`` for a plan of fewer batches than
+    ranks.
     """
     from axolotl_tell.pack_schedule import fill_for_ranks
 

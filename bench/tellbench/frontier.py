@@ -273,14 +273,12 @@ def peers(runs: list[dict]) -> str:
             if not p:
                 continue
             ps, pd = _ms(p["score"])[0], _ms(p["delta"])[0]
-            if tell:
-                ts = _ms(tell["score"])[0]
-                keeps = pd <= LOSS_TOLERANCE
-                verdict = ("matches TELL on both axes" if ps >= ts - SCORE_TOLERANCE and keeps else
-                           "; ".join(x for x in ("" if ps >= ts - SCORE_TOLERANCE else f"task {ps - ts:+.3f} vs TELL",
-                                                 "" if keeps else f"general loss +{pd:.3f} over the base") if x))
-            else:
-                verdict = "no TELL run to compare"
+            misses = []
+            if tell and ps < _ms(tell["score"])[0] - SCORE_TOLERANCE:
+                misses.append(f"task {ps - _ms(tell['score'])[0]:+.3f} vs TELL")
+            if pd > LOSS_TOLERANCE:
+                misses.append(f"general loss +{pd:.3f} over the base")
+            verdict = ("no TELL run to compare" if not tell else "; ".join(misses) or "matches TELL on both axes")
             lines.append(f"| {task} | {rows} | {peer} | {_fmt(*_ms(p['score']))} | {pd:+.3f} | "
                          f"{_fmt(*_ms(tell['score'])) if tell else '–'} | {verdict} |")
     if not lines:

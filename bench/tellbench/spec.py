@@ -88,15 +88,18 @@ class Cell:
                 f"g{self.general_ratio:g}")
         return slug + (f"-{self.variant}" if self.variant else "")
 
-    def tell_twin(self) -> "Cell":
-        """The TELL cell this cell is matched to (same data, seed, repeats and ratio)."""
-        return Cell(self.task, "tell", self.task_rows, self.seed, self.task_repeats, self.general_ratio,
+    def twin(self, method: str) -> "Cell":
+        """The cell of ``method`` on the same data, seed, repeats, ratio and block settings as this one."""
+        return Cell(self.task, method, self.task_rows, self.seed, self.task_repeats, self.general_ratio,
                     self.overrides, self.variant)
 
+    def tell_twin(self) -> "Cell":
+        """The TELL cell this cell is matched to (tell_no_anchor and sft_matched reuse its plan)."""
+        return self.twin("tell")
+
     def sft_best_twin(self) -> "Cell":
-        """The ``sft_best`` cell whose chosen adapter an ``sft_scaled`` cell scales (same block, data and seed)."""
-        return Cell(self.task, "sft_best", self.task_rows, self.seed, self.task_repeats, self.general_ratio,
-                    self.overrides, self.variant)
+        """The ``sft_best`` cell whose chosen adapter an ``sft_scaled`` cell scales."""
+        return self.twin("sft_best")
 
 
 def _as_list(value) -> list:
