@@ -48,6 +48,7 @@ SFT_BEST_CHOICE = "sft_best_choice.json"  # in an sft_best cell's folder: the ad
 SFT_FACTS = ("task_repeats", "epochs", "steps", "steps_run", "chosen_epochs", "general_tokens",
              "general_supervised_tokens", "task_tokens", "task_supervised_tokens", "precision", "steps_per_epoch",
              "rows_per_step")  # what sft_scaled's record repeats from its sft_best twin (it trains nothing itself)
+TASK_EVAL_FIELDS = ("examples", "metric", "row_hits", "answer_mix", "constant_answer")  # beside the metrics
 REQUIRED_KEYS = ("task", "method", "task_rows", "seed", "score", "metric", "general_loss", "model", "task_repeats",
                  "general_tokens", "task_tokens", "train_tokens", "steps", "wall_s", "device")
 
@@ -435,8 +436,8 @@ class Bench:
             [r["prompt"] for r in data.read_jsonl(Path(gen["gen_prompts"]))], spec.get("general_leak_regex"),
             max_new_tokens=int((general_cfg.get("gen_check") or {}).get("max_new_tokens", 64)), batch_size=self.batch)
         out.update(score=task["score"], metric=spec["metric"],
-                   metrics={k: v for k, v in task.items() if k not in ("examples", "metric", "row_hits")},
-                   row_hits=task["row_hits"], examples=task["examples"], test_rows=len(td.test), **general)
+                   metrics={k: v for k, v in task.items() if k not in TASK_EVAL_FIELDS},
+                   **{k: task[k] for k in TASK_EVAL_FIELDS if k != "metric"}, test_rows=len(td.test), **general)
         del model
         if cache is not None:
             cache.parent.mkdir(parents=True, exist_ok=True)
@@ -565,6 +566,9 @@ def parse_args(argv=None):
     ap.add_argument("--launcher", default="python", help="`axolotl train --launcher` (python | accelerate)")
     ap.add_argument("--keep-checkpoints", action="store_true", help="keep sft_best's per-epoch adapters")
     ap.add_argument("--report-only", action="store_true", help="only rewrite the table and plots")
+    ap.add_argument("--constant-answers", action="store_true",
+                    help="add `constant_answer` (the best one-answer score on the test rows) to recorded runs that "
+                         "lack it; reads the task data only (no model)")
     ap.add_argument("--rescore-val", action="store_true",
                     help="score the validation rows of recorded TELL runs that lack `val_score` (adapters on disk)")
     args = ap.parse_args(argv)
@@ -579,6 +583,37 @@ def select(cells: list[Cell], args) -> list[Cell]:
             and (not args.methods or c.method in args.methods) and (not args.sizes or c.task_rows in args.sizes)
             and (not args.ratios or c.general_ratio in args.ratios)
             and (not args.variants or (c.variant or "-") in args.variants)]
+
+
+def add_constant_answers(args, out: Path) -> int:
+    """Give every recorded run without one its test rows' ``constant_answer`` (runs recorded before runs kept it).
+
+    The test rows are re-drawn as the run drew them (the task's seeded sample of ``test_rows``); a run whose kept
+    examples do not match those rows' references is left alone and named."""
+    with results_lock(out):
+        results = load_results(out)
+        rows, added, skipped = {}, 0, []
+        for r in results["runs"]:
+            if "constant_answer" in r or not r.get("test_rows"):
+                continue
+            key = (r["task"], r["test_rows"])
+            if key not in rows:
+                spec = load_task(r["task"])
+                td = data.TaskData(spec, args.shared_data, test_rows=r["test_rows"])
+                rows[key] = (spec, [data.task_reference(spec, row) for row in td.test])
+            spec, refs = rows[key]
+            kept = [e["reference"] for e in r.get("examples") or []]
+            if len(refs) != r["test_rows"] or kept != refs[:len(kept)]:
+                skipped.append(r["key"])
+                continue
+            r["constant_answer"] = scoring.constant_answer(spec["metric"], refs)
+            added += 1
+        save_results(out, results)
+    print(f"[bench] --constant-answers: added to {added} run(s)", flush=True)
+    if skipped:
+        print(f"[bench] test rows differ from the recorded examples, left alone: {skipped}", file=sys.stderr)
+    print(report.write(out))
+    return 1 if skipped else 0
 
 
 def rescore_val(args, out: Path, cells: list[Cell], results: dict) -> int:
@@ -614,6 +649,8 @@ def main(argv=None) -> int:
     if args.report_only:
         print(report.write(out))
         return 0
+    if args.constant_answers:
+        return add_constant_answers(args, out)
     import datasets
 
     datasets.disable_progress_bars()

@@ -50,6 +50,9 @@ def test_smoke_grid_writes_results_and_resumes(tiny_model, tmp_path):
         # each test row's hit, so two runs can be compared row by row; it adds up to the score
         assert len(run["row_hits"]) == run["test_rows"] and set(run["row_hits"]) <= {"0", "1"}
         assert run["row_hits"].count("1") == round(run["score"] * run["test_rows"])
+        # the floor a score is read against (one answer on every row) and what the run answered, by count
+        assert 0.0 <= run["constant_answer"]["score"] <= 1.0 and run["constant_answer"]["answer"]
+        assert sum(n for _, n in run["answer_mix"]) <= run["test_rows"]
     tell = next(r for r in runs if r["method"] == "tell")
     sft = next(r for r in runs if r["method"] == "sft")
     assert tell["prompt"] == "anchored" and sft["prompt"] == "plain"
@@ -109,6 +112,15 @@ def test_smoke_grid_writes_results_and_resumes(tiny_model, tmp_path):
     out.write_text(json.dumps(stripped))
     rescored = bench(*args, "--rescore-val")
     assert f"{len(tells)} recorded TELL run(s) without a validation score" in rescored.stdout
+    assert json.loads(out.read_text())["runs"] == all_runs
+
+    # --constant-answers gives a run recorded before runs kept it the same floor, from the task data alone
+    stripped = json.loads(out.read_text())
+    for run in stripped["runs"]:
+        del run["constant_answer"]
+    out.write_text(json.dumps(stripped))
+    backfilled = bench("--out", str(out), "--constant-answers")
+    assert f"added to {len(all_runs)} run(s)" in backfilled.stdout
     assert json.loads(out.read_text())["runs"] == all_runs
     print(f"smoke grid: {first:.0f}s for {len(all_runs)} cells")
 

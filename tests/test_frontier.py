@@ -297,3 +297,31 @@ def test_peers_are_read_against_tell_on_both_axes():
     assert lines[2].endswith("| matches TELL on both axes |")
     assert lines[3].endswith("| task -0.100 vs TELL; general loss +0.100 over the base |")
     assert peers([base, tell]) == ""
+
+
+def test_constant_answer_is_the_best_single_answer_among_the_most_common_references():
+    from tellbench.scoring import answer_mix, constant_answer
+
+    assert constant_answer("accuracy", ["yes", "no", "yes", "maybe"]) == {"answer": "yes", "score": 0.5}
+    assert constant_answer("accuracy", ["no", "yes"])["answer"] == "no"  # a tie: the first of the most common
+    assert constant_answer("exact_match", []) is None
+    assert answer_mix([" yes", "yes ", "no", "yes"]) == [["yes", 3], ["no", 1]]
+
+
+def test_a_cell_where_no_method_clears_the_constant_answer_ranks_no_method():
+    from tellbench.frontier import floors
+
+    floor = {"answer": "plausible", "score": 0.51}
+    base = run("t", "zero_shot", 0, 0.0, 1.6)
+    tell = {**tell_run(10, 20), **run("t", "tell", 0, 0.38, 1.59), "constant_answer": floor, "test_rows": 100}
+    best = {**run("t", "sft_best", 0, 0.52, 2.5, frontier=[]), "constant_answer": floor, "test_rows": 100}
+    text = floors([base, tell, best])
+    assert text.splitlines()[-1] == ("| t | 10 | `plausible` | 0.510 | 0.000 (-0.510) | 0.520 (+0.010) | "
+                                     "0.380 (-0.130) | – | no method clears it by 2 SE: this cell ranks no method |")
+    assert "no method clears the constant answer" in goal([base, tell, best]).splitlines()[-1]
+    # 0.51 + 2 SE (0.05 at n=100) is ~0.61: a method at 0.70 shows skill, and the goal line says nothing more
+    best["score"] = 0.70
+    assert floors([base, tell, best]).splitlines()[-1].endswith("| some method clears it by 2 SE |")
+    assert "constant answer" not in goal([base, tell, best]).splitlines()[-1]
+    assert floors([base, {k: v for k, v in tell.items() if k != "constant_answer"},
+                   {k: v for k, v in best.items() if k != "constant_answer"}]) == ""

@@ -229,10 +229,65 @@ def gap_noise(tell: dict, best: dict) -> tuple[float | None, str]:
     return se, how
 
 
+def constant_floors(runs: list[dict]) -> dict:
+    """{(task, rows): {"answer", "score", "n"}}: the best one-answer score on the cell's test rows (any run of the
+    cell that recorded it; they share the test rows)."""
+    floors = {}
+    for r in runs:
+        const = r.get("constant_answer")
+        if const and r.get("test_rows"):
+            floors.setdefault((r["task"], r["task_rows"]), {**const, "n": r["test_rows"]})
+    return floors
+
+
+def floor_reach(floor: dict, score: float) -> float:
+    """How far ``score`` is above the constant answer's, in standard errors of the floor's own test-set noise."""
+    p = _smoothed(floor["score"], floor["n"])
+    return (score - floor["score"]) / math.sqrt(p * (1 - p) / floor["n"])
+
+
+FLOOR_SE = 2  # a method "shows skill" on a cell when its mean score is over 2 SE above the constant answer's
+
+
+def at_the_floor(cell: dict, floor: dict | None) -> bool:
+    """True when no trained method of the cell clears the constant answer by ``FLOOR_SE`` standard errors: the cell
+    then measures the answers' distribution, not the task, and ranks no method."""
+    if not floor:
+        return False
+    trained = [_ms(p["score"])[0] for label, p in cell.items() if label != "zero_shot" and not label.startswith("SFT ")]
+    return all(s is None or floor_reach(floor, s) <= FLOOR_SE for s in trained)
+
+
+def floors(runs: list[dict]) -> str:
+    """Each cell's best constant answer against zero-shot, ``sft_best``, TELL and ``tell_best`` (means over seeds):
+    a score at that floor is no evidence of task skill. Empty when no run recorded a constant answer."""
+    found = constant_floors(runs)
+    lines = []
+    for (task, rows), cell in sorted(points(runs).items()):
+        floor = found.get((task, rows))
+        if not floor:
+            continue
+        cols = []
+        for label in ("zero_shot", "sft_best", "TELL (defaults)", "tell_best"):
+            p = cell.get(label)
+            mean = _ms(p["score"])[0] if p else None
+            cols.append("–" if mean is None else f"{mean:.3f} ({mean - floor['score']:+.3f})")
+        reading = ("no method clears it by 2 SE: this cell ranks no method" if at_the_floor(cell, floor)
+                   else "some method clears it by 2 SE")
+        answer = str(floor["answer"]).replace("|", "/")[:30]
+        lines.append(f"| {task} | {rows} | `{answer}` | {floor['score']:.3f} | {' | '.join(cols)} | {reading} |")
+    if not lines:
+        return ""
+    return "\n".join(["| task | rows | constant answer | its score | zero_shot (vs it) | sft_best (vs it) | "
+                      "TELL (defaults) (vs it) | tell_best (vs it) | reading |",
+                      "|---|---:|---|---:|---|---|---|---|---|", *lines])
+
+
 def goal(runs: list[dict]) -> str:
     lines = ["| task | rows | sft_best score | TELL (defaults) score | gap | gap's test noise (1 SE) | TELL Δ loss | "
              "sft_best Δ loss | goal | tell_best score | tell_best gap (goal ≥ +0.02) |",
              "|---|---:|---|---|---:|---|---:|---:|---|---|---|"]
+    found = constant_floors(runs)
     for (task, rows), cell in sorted(points(runs).items()):
         best, tell = cell.get("sft_best"), cell.get("TELL (defaults)")
         if not best or not tell:
@@ -250,6 +305,8 @@ def goal(runs: list[dict]) -> str:
         parts = ["task " + verdict,
                  "TELL keeps general " + ("yes" if td <= LOSS_TOLERANCE else f"no (+{td:.3f})"),
                  "sft_best forgets " + ("yes" if bd > LOSS_TOLERANCE else f"no ({bd:+.3f})")]
+        if at_the_floor(cell, found.get((task, rows))):
+            parts.append("no method clears the constant answer (see Constant answer)")
         seeds = min(len(best["score"]), len(tell["score"]))
         noise = "–" if se is None else f"{se:.3f} ({how})"
         few = "" if seeds >= 3 else f" ({seeds} seed(s) only)"

@@ -218,6 +218,13 @@ def write(results_path: Path) -> str:
                               "defaults: `sft_scaled` (the `sft_best` adapter scaled down, the scale chosen on "
                               "validation rows; no training) and `tell_no_anchor` (the same mix without the "
                               "anchor).\n\n" + peer_table + "\n\n")
+        floor_table = frontier.floors(runs)
+        if floor_table:
+            frontier_part += ("## Constant answer\n\nThe best score one fixed answer gets on each cell's test rows "
+                              "(the most common references tried), against each method (in brackets: its mean "
+                              f"minus that floor). A cell where no trained method clears it by {frontier.FLOOR_SE} "
+                              "standard errors measures the answers' distribution, not the task: its gaps rank no "
+                              "method.\n\n" + floor_table + "\n\n")
         efficiency = frontier.data_efficiency(runs)
         if efficiency:
             frontier_part += ("## Data efficiency\n\nTELL at N task rows against `sft_best` trained on at least "

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import re
 import statistics
+from collections import Counter
 
 from axolotl_tell.generate import generate
 from axolotl_tell.metrics import score
@@ -91,7 +92,32 @@ def task_eval(model, tokenizer, prompts: list[list[int]], references: list[str],
                                  for p, r in zip(predictions, references))
     result["examples"] = [{"prediction": p, "reference": r}
                           for p, r in list(zip(predictions, references))[:keep_predictions]]
+    result["answer_mix"] = answer_mix(predictions)
+    result["constant_answer"] = constant_answer(metric, references)
     return result
+
+
+def constant_answer(metric: str, references: list[str], candidates: int = 5) -> dict | None:
+    """The best score one fixed answer gets on these rows, trying the most common references (ties: the more common).
+
+    The floor a model must clear to show it learnt the task rather than the answers' distribution: "plausible" on
+    every row of a balanced binary task scores ~0.5, "unknown" on every reading-comprehension row scores the share of
+    unanswerable questions. ``{"answer": ..., "score": ...}``; None without rows.
+    """
+    if not references:
+        return None
+    common = [answer for answer, _ in Counter(references).most_common(candidates)]
+    scored = [(score(metric, [answer] * len(references), references)["score"], -i, answer)
+              for i, answer in enumerate(common)]
+    best, _, answer = max(scored)
+    return {"answer": answer, "score": best}
+
+
+def answer_mix(predictions: list[str], top: int = 5, width: int = 40) -> list[list]:
+    """The most frequent predictions (stripped, cut to ``width`` characters) with their counts: a run that answers
+    one label everywhere shows here, where its score alone looks like skill."""
+    counts = Counter(p.strip()[:width] for p in predictions)
+    return [[text, n] for text, n in counts.most_common(top)]
 
 
 def general_eval(model, tokenizer, heldout_rows: list[dict], gen_prompts: list[str], leak_regex: str | None,
