@@ -428,6 +428,9 @@ class Bench:
                 del model
                 model, tok = scoring.load(self.model, out["chosen_checkpoint"], self.device)
                 out["chosen_checkpoint"] = str(Path(out["chosen_checkpoint"]).relative_to(self.work))
+        if out.get("val_rows"):  # the validation rows' floor, as the test rows' below (levers are read on these)
+            out["val_constant_answer"] = scoring.constant_answer(spec["metric"],
+                                                                 [data.task_reference(spec, r) for r in td.val])
         refs = [data.task_reference(spec, r) for r in td.test]
         task = scoring.task_eval(model, tok, prompts_for(td.test), refs, spec["metric"], max_new, self.batch)
         general_cfg = cell.overrides.get("general") or self.grids["general"]
@@ -586,28 +589,38 @@ def select(cells: list[Cell], args) -> list[Cell]:
 
 
 def add_constant_answers(args, out: Path) -> int:
-    """Give every recorded run without one its test rows' ``constant_answer`` (runs recorded before runs kept it).
+    """Give every recorded run without them its test rows' ``constant_answer`` and, where it scored validation rows,
+    their ``val_constant_answer`` (runs recorded before runs kept them). No model: the task data alone.
 
-    The test rows are re-drawn as the run drew them (the task's seeded sample of ``test_rows``); a run whose kept
-    examples do not match those rows' references is left alone and named."""
+    The rows are re-drawn as the run drew them (the task's seeded test sample of ``test_rows``; its fixed validation
+    split of ``val_rows``); a run whose kept examples do not match the re-drawn test rows is left alone and named."""
+    refs_of = {}
+
+    def references(task: str, split: str, n: int) -> tuple[dict, list[str]]:
+        if (task, split, n) not in refs_of:
+            spec = load_task(task)
+            td = data.TaskData(spec, args.shared_data, **{f"{split}_rows": n})
+            refs_of[(task, split, n)] = (spec, [data.task_reference(spec, row) for row in getattr(td, split)])
+        return refs_of[(task, split, n)]
+
     with results_lock(out):
         results = load_results(out)
-        rows, added, skipped = {}, 0, []
+        added, skipped = 0, []
         for r in results["runs"]:
-            if "constant_answer" in r or not r.get("test_rows"):
-                continue
-            key = (r["task"], r["test_rows"])
-            if key not in rows:
-                spec = load_task(r["task"])
-                td = data.TaskData(spec, args.shared_data, test_rows=r["test_rows"])
-                rows[key] = (spec, [data.task_reference(spec, row) for row in td.test])
-            spec, refs = rows[key]
-            kept = [e["reference"] for e in r.get("examples") or []]
-            if len(refs) != r["test_rows"] or kept != refs[:len(kept)]:
-                skipped.append(r["key"])
-                continue
-            r["constant_answer"] = scoring.constant_answer(spec["metric"], refs)
-            added += 1
+            changed = False
+            if r.get("val_rows") and "val_constant_answer" not in r:
+                spec, refs = references(r["task"], "val", r["val_rows"])
+                r["val_constant_answer"] = scoring.constant_answer(spec["metric"], refs)
+                changed = True
+            if r.get("test_rows") and "constant_answer" not in r:
+                spec, refs = references(r["task"], "test", r["test_rows"])
+                kept = [e["reference"] for e in r.get("examples") or []]
+                if len(refs) == r["test_rows"] and kept == refs[:len(kept)]:
+                    r["constant_answer"] = scoring.constant_answer(spec["metric"], refs)
+                    changed = True
+                else:
+                    skipped.append(r["key"])
+            added += changed
         save_results(out, results)
     print(f"[bench] --constant-answers: added to {added} run(s)", flush=True)
     if skipped:

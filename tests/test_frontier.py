@@ -325,3 +325,22 @@ def test_a_cell_where_no_method_clears_the_constant_answer_ranks_no_method():
     assert "constant answer" not in goal([base, tell, best]).splitlines()[-1]
     assert floors([base, {k: v for k, v in tell.items() if k != "constant_answer"},
                    {k: v for k, v in best.items() if k != "constant_answer"}]) == ""
+
+
+def test_lever_choice_leaves_out_pairs_where_both_runs_sit_at_the_validation_floor():
+    from tellbench.frontier import lever_choice
+
+    floor = {"val_constant_answer": {"answer": "plausible", "score": 0.5}, "val_rows": 50}
+    st, qf = "sports_understanding", "question_formation"
+    runs = [{**weighted(st, 30, 0, 3.0, 0.52, 0.4, 1.5), **floor},
+            {**weighted(st, 30, 0, 10.0, 0.56, 0.5, 1.5), **floor},
+            # one side clears the floor (0.5 + 2 SE at 50 rows is ~0.64): the pair counts
+            {**weighted(st, 30, 1, 3.0, 0.50, 0.4, 1.5), **floor},
+            {**weighted(st, 30, 1, 10.0, 0.70, 0.7, 1.5), **floor},
+            weighted(qf, 10, 0, 3.0, 0.80, 0.90, 1.5), weighted(qf, 10, 0, 10.0, 0.90, 0.92, 1.5)]
+    row = [line for line in lever_choice(runs, "tell_task_loss_weight").splitlines() if line.startswith("| 10 |")][0]
+    cells = [c.strip() for c in row.split("|")[1:-1]]
+    assert cells[1] == "2 (+1 at the floor, not counted)"
+    assert "SU30/s1 +0.20" in cells[2] and "QF10/s0 +0.10" in cells[2] and "SU30/s0" not in cells[2]
+    only_floor = lever_choice(runs[:2], "tell_task_loss_weight")
+    assert "| 10 | 0 (+1 at the floor, not counted) | – |" in only_floor

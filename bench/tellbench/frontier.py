@@ -407,6 +407,19 @@ def _initials(task: str) -> str:
     return "".join(word[:1] for word in task.split("_")).upper()
 
 
+def at_the_val_floor(*tell_runs: dict) -> bool:
+    """True when every one of these runs' validation scores is within ``FLOOR_SE`` standard errors of the validation
+    rows' constant answer: a pair of such runs compares noise around the floor, and BENCHMARKS' decision rule (5)
+    leaves it out of a lever's choice. False when a run has no recorded floor (older runs: counted, as before)."""
+    for r in tell_runs:
+        floor = r.get("val_constant_answer")
+        if not floor or r.get("val_score") is None or not r.get("val_rows"):
+            return False
+        if floor_reach({**floor, "n": r["val_rows"]}, r["val_score"]) > FLOOR_SE:
+            return False
+    return True
+
+
 def lever_choice(runs: list[dict], lever: str) -> str:
     """Each value of one lever against the current default on the same (task, rows, seed), everything else at the
     defaults: validation gain (what a default is chosen on), test gain, general loss and cost in steps. Empty when no
@@ -423,7 +436,11 @@ def lever_choice(runs: list[dict], lever: str) -> str:
     for v in values:
         pairs = [(key, rs[v], rs[default]) for key, rs in sorted(by_seed.items())
                  if v in rs and default in rs and "val_score" in rs[v] and "val_score" in rs[default]]
+        floored = [p for p in pairs if at_the_val_floor(p[1], p[2])]
+        pairs = [p for p in pairs if p not in floored]
         if not pairs:
+            if floored:
+                lines.append(f"| {show(v)} | 0 (+{len(floored)} at the floor, not counted) | – | – | – | – | – |")
             continue
         val = [a["val_score"] - b["val_score"] for _, a, b in pairs]
         test = [a["score"] - b["score"] for _, a, b in pairs]
@@ -438,7 +455,8 @@ def lever_choice(runs: list[dict], lever: str) -> str:
         rows = f"+{won} / −{lost} (p = {sign_test(won, lost):.2g})" if won + lost else "–"
         steps = [statistics.mean(float(side["steps"]) for side in group) if all("steps" in g for g in group) else None
                  for group in ([a for _, a, _ in pairs], [b for _, _, b in pairs])]
-        lines.append(f"| {show(v)} | {len(pairs)} | {statistics.mean(val):+.3f} ({each}) | {rows} | "
+        counted = f"{len(pairs)}" + (f" (+{len(floored)} at the floor, not counted)" if floored else "")
+        lines.append(f"| {show(v)} | {counted} | {statistics.mean(val):+.3f} ({each}) | {rows} | "
                      f"{statistics.mean(test):+.3f} | "
                      + " / ".join("–" if x is None else f"{x:+.3f}" for x in worst) + " | "
                      + " / ".join("–" if x is None else f"{x:.0f}" for x in steps) + " |")
