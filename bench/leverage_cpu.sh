@@ -29,6 +29,8 @@ step_new30()  { for t in sports_understanding object_counting; do         # 30 r
 step_seeds30() { for s in 1 2; do       # the seed spread at 30 rows, on object_counting: the one new task where a
                   cells --tasks object_counting --sizes 30 --seeds "$s" \
                     --methods tell tell_best sft_best sft_scaled; done; }  # method clears the constant answer at seed 0
+step_reps40()  { cells --tasks object_counting --sizes 30 --seeds 1 --methods tell; }  # the r=40 lever cell (grids)
+step_seed2_30() { cells --tasks object_counting --sizes 30 --seeds 2 --methods sft_best tell; }
 steps=("$@"); [ ${#steps[@]} -gt 0 ] || steps=(qf100 new10 os100)
 for s in "${steps[@]}"; do echo "== leverage_cpu step $s"; "step_$s"; done
 .venv/bin/python bench/run.py --report-only --out "$OUT" > /dev/null
