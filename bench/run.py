@@ -6,6 +6,7 @@ usage:
                       [--tasks T ...] [--methods M ...] [--max-cells N] [--time-budget SECONDS]
                       [--shared-data DIR] [--work DIR] [--launcher python|accelerate]
   python bench/run.py --report-only --out bench/results/<name>.json     # table + plots again
+  python bench/run.py --out bench/results/<name>.json --constant-answers    # each run's constant-answer floor
   python bench/run.py --grid G --out bench/results/<name>.json --rescore-val [filters]
                       # validation scores for TELL runs recorded without them (from their adapters on disk)
 
