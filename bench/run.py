@@ -571,8 +571,9 @@ def parse_args(argv=None):
     ap.add_argument("--keep-checkpoints", action="store_true", help="keep sft_best's per-epoch adapters")
     ap.add_argument("--report-only", action="store_true", help="only rewrite the table and plots")
     ap.add_argument("--constant-answers", action="store_true",
-                    help="add `constant_answer` (the best one-answer score on the test rows) to recorded runs that "
-                         "lack it; reads the task data only (no model)")
+                    help="add `constant_answer` (the best one-answer score on the test rows) and "
+                         "`val_constant_answer` (on the validation rows) to recorded runs that lack them; reads the "
+                         "task data only (no model)")
     ap.add_argument("--rescore-val", action="store_true",
                     help="score the validation rows of recorded TELL runs that lack `val_score` (adapters on disk)")
     args = ap.parse_args(argv)

@@ -272,8 +272,8 @@ def floors(runs: list[dict]) -> str:
             p = cell.get(label)
             mean = _ms(p["score"])[0] if p else None
             cols.append("–" if mean is None else f"{mean:.3f} ({mean - floor['score']:+.3f})")
-        reading = ("no method clears it by 2 SE: this cell ranks no method" if at_the_floor(cell, floor)
-                   else "some method clears it by 2 SE")
+        reading = (f"no method clears it by {FLOOR_SE} SE: this cell ranks no method" if at_the_floor(cell, floor)
+                   else f"some method clears it by {FLOOR_SE} SE")
         answer = str(floor["answer"]).replace("|", "/")[:30]
         lines.append(f"| {task} | {rows} | `{answer}` | {floor['score']:.3f} | {' | '.join(cols)} | {reading} |")
     if not lines:
