@@ -31,6 +31,9 @@ step_seeds30() { for s in 1 2; do       # the seed spread at 30 rows, on object_
                     --methods tell tell_best sft_best sft_scaled; done; }  # method clears the constant answer at seed 0
 step_reps40()  { cells --tasks object_counting --sizes 30 --seeds 1 --methods tell; }  # the r=40 lever cell (grids)
 step_seed2_30() { cells --tasks object_counting --sizes 30 --seeds 2 --methods sft_best tell; }
+step_oc100()  { cells --tasks object_counting --sizes 100 --seeds 0 --methods tell sft_best sft_scaled zero_shot \
+                  tell_best; }   # 100 rows on the one new task above its constant answer at 30 rows (auto: 6 repeats)
+step_os100s() { cells --tasks opinion_sentiment --sizes 100 --seeds 0 --methods tell sft_best sft_scaled zero_shot; }
 steps=("$@"); [ ${#steps[@]} -gt 0 ] || steps=(qf100 new10 os100)
 for s in "${steps[@]}"; do echo "== leverage_cpu step $s"; "step_$s"; done
 .venv/bin/python bench/run.py --report-only --out "$OUT" > /dev/null
