@@ -34,6 +34,10 @@ step_seed2_30() { cells --tasks object_counting --sizes 30 --seeds 2 --methods s
 step_oc100()  { cells --tasks object_counting --sizes 100 --seeds 0 --methods tell sft_best sft_scaled zero_shot \
                   tell_best; }   # 100 rows on the one new task above its constant answer at 30 rows (auto: 6 repeats)
 step_os100s() { cells --tasks opinion_sentiment --sizes 100 --seeds 0 --methods tell sft_best sft_scaled zero_shot; }
+step_os100tb() { cells --tasks opinion_sentiment --sizes 100 --seeds 0 --methods tell_best; }  # completes os100s
+step_oc100s1() { cells --tasks object_counting --sizes 100 --seeds 1 --methods tell tell_best sft_best; }  # seed spread
+step_sp100()  { cells --tasks sports_understanding --sizes 100 --seeds 0 --methods tell tell_best sft_best zero_shot; }
+step_fv100()  { cells --tasks fact_verification --sizes 100 --seeds 0 --methods tell tell_best sft_best zero_shot; }
 steps=("$@"); [ ${#steps[@]} -gt 0 ] || steps=(qf100 new10 os100)
 for s in "${steps[@]}"; do echo "== leverage_cpu step $s"; "step_$s"; done
 .venv/bin/python bench/run.py --report-only --out "$OUT" > /dev/null
