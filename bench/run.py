@@ -582,6 +582,18 @@ def parse_args(argv=None):
     return args
 
 
+def model_folder_problem(model: str) -> str | None:
+    """Why ``--model`` cannot be the base model of a run (no ``config.json`` there), with its fix; None if it can."""
+    folder = Path(model)
+    if (folder / "config.json").is_file():
+        return None
+    fix = (f"python scripts/get_model.py --out {folder}" if folder.resolve() == DEFAULT_MODEL.resolve()
+           else f"pass --model a Hugging Face model folder, or fetch the default one: "
+                f"python scripts/get_model.py --out {DEFAULT_MODEL}")
+    return (f"--model {folder}: no model folder there ({'no config.json in it' if folder.is_dir() else 'not found'})."
+            f" Fix: {fix}")
+
+
 def select(cells: list[Cell], args) -> list[Cell]:
     return [c for c in cells
             if (not args.seeds or c.seed in args.seeds) and (not args.tasks or c.task in args.tasks)
@@ -677,6 +689,10 @@ def main(argv=None) -> int:
     todo = [c for c in cells if c.key not in done]
     print(f"[bench] grid {args.grid}: {len(cells)} cells, {len(cells) - len(todo)} already in {out}, "
           f"{len(todo)} to run", flush=True)
+    problem = model_folder_problem(args.model) if todo else None
+    if problem:  # before any cell: each would fail deep inside axolotl with a hub-name error and be retried
+        print(f"[bench] {problem}", file=sys.stderr, flush=True)
+        return 2
     bench = Bench(args) if todo else None  # nothing to run: no torch import, just the report
     start, slowest, ran, failed = time.perf_counter(), 0.0, 0, []
     for cell in todo:
