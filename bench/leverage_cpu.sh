@@ -40,6 +40,8 @@ step_sp100()  { cells --tasks sports_understanding --sizes 100 --seeds 0 --metho
 step_fv100()  { cells --tasks fact_verification --sizes 100 --seeds 0 --methods tell tell_best sft_best zero_shot; }
 step_oc100s2() { cells --tasks object_counting --sizes 100 --seeds 2 --methods tell sft_best tell_best; }  # 3rd seed
 step_dq100()  { cells --tasks disfl_qa --sizes 100 --seeds 0 --methods tell tell_best sft_best zero_shot; }
+step_dev10()  { for t in question_formation opinion_sentiment; do    # tell_best on the two tasks the defaults were
+                  cells --tasks "$t" --sizes 10 --seeds 0 --methods sft_best tell tell_best; done; }  # chosen on
 steps=("$@"); [ ${#steps[@]} -gt 0 ] || steps=(qf100 new10 os100)
 for s in "${steps[@]}"; do echo "== leverage_cpu step $s"; "step_$s"; done
 .venv/bin/python bench/run.py --report-only --out "$OUT" > /dev/null
