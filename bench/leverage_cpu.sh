@@ -42,6 +42,9 @@ step_oc100s2() { cells --tasks object_counting --sizes 100 --seeds 2 --methods t
 step_dq100()  { cells --tasks disfl_qa --sizes 100 --seeds 0 --methods tell tell_best sft_best zero_shot; }
 step_dev10()  { for t in question_formation opinion_sentiment; do    # tell_best on the two tasks the defaults were
                   cells --tasks "$t" --sizes 10 --seeds 0 --methods sft_best tell tell_best; done; }  # chosen on
+step_qf100tb() { cells --tasks question_formation --sizes 100 --seeds 0 --methods tell_best; }  # completes qf100
+step_dev30()  { for t in question_formation opinion_sentiment; do    # the same at 30 rows
+                  cells --tasks "$t" --sizes 30 --seeds 0 --methods sft_best tell tell_best; done; }
 steps=("$@"); [ ${#steps[@]} -gt 0 ] || steps=(qf100 new10 os100)
 for s in "${steps[@]}"; do echo "== leverage_cpu step $s"; "step_$s"; done
 .venv/bin/python bench/run.py --report-only --out "$OUT" > /dev/null
