@@ -45,6 +45,10 @@ step_dev10()  { for t in question_formation opinion_sentiment; do    # tell_best
 step_qf100tb() { cells --tasks question_formation --sizes 100 --seeds 0 --methods tell_best; }  # completes qf100
 step_dev30()  { for t in question_formation opinion_sentiment; do    # the same at 30 rows
                   cells --tasks "$t" --sizes 30 --seeds 0 --methods sft_best tell tell_best; done; }
+step_qf30tb() { cells --tasks question_formation --sizes 30 --seeds 0 --methods tell_best; }  # completes dev30's qf
+step_os30()   { cells --tasks opinion_sentiment --sizes 30 --seeds 0 --methods tell sft_best tell_best; }
+step_new30b() { for t in fact_verification disfl_qa; do    # the last two tasks at 30 rows (README: every task, every
+                  cells --tasks "$t" --sizes 30 --seeds 0 --methods tell tell_best sft_best zero_shot; done; }  # size)
 steps=("$@"); [ ${#steps[@]} -gt 0 ] || steps=(qf100 new10 os100)
 for s in "${steps[@]}"; do echo "== leverage_cpu step $s"; "step_$s"; done
 .venv/bin/python bench/run.py --report-only --out "$OUT" > /dev/null
