@@ -344,3 +344,54 @@ def test_lever_choice_leaves_out_pairs_where_both_runs_sit_at_the_validation_flo
     assert "SU30/s1 +0.20" in cells[2] and "QF10/s0 +0.10" in cells[2] and "SU30/s0" not in cells[2]
     only_floor = lever_choice(runs[:2], "tell_task_loss_weight")
     assert "| 10 | 0 (+1 at the floor, not counted) | – |" in only_floor
+
+
+def test_val_peaks_places_each_tell_best_peak_and_counts_late_ones_above_the_floor():
+    from tellbench.frontier import val_peaks
+
+    def kept(seed, values, steps=70, score=0.40, **extra):
+        curve = [{"step": 10 * (i + 1), "value": v} for i, v in enumerate(values)]
+        keys = {**tell_run(10, 20)["tell_keys"], "tell_keep_best": True, "tell_eval_generate": "exact_match"}
+        return {**tell_run(10, 20), **run("t", "tell_best", seed, score, 1.59), "tell_keys": keys, "steps": steps,
+                "val_curve": curve, "val_rows": 50, "val_constant_answer": {"answer": "4", "score": 0.10}, **extra}
+
+    late = kept(0, [0.1, 0.2, 0.3, 0.3, 0.4, 0.6, 0.5])  # first maximum at step 60 of 70: late
+    early = kept(1, [0.2, 0.5, 0.3, 0.3, 0.3, 0.3, 0.3], score=0.45)  # step 20 of 70: early, then down 0.2
+    end = {**tell_run(10, 20), **run("t", "tell", 1, 0.35, 1.59)}
+    floor = kept(2, [0.10, 0.12, 0.10, 0.14, 0.10, 0.10, 0.10])  # within 2 SE of answering "4" everywhere
+    flat = kept(3, [1.0] * 7)  # a ceiling from the first evaluation: no peak to place
+    lines = val_peaks([late, early, end, floor, flat]).splitlines()
+    assert lines[2] == "| t | 10 | 0 | 70 | 0.10 0.20 0.30 0.30 0.40 0.60 0.50 | 60 (86%) late | -0.10 | – | counted |"
+    assert lines[3] == ("| t | 10 | 1 | 70 | 0.20 0.50 0.30 0.30 0.30 0.30 0.30 | 20 (29%) | -0.20 | "
+                        "0.45 vs 0.35 (+0.10) | counted |")
+    assert lines[4].endswith("| at the floor, not counted |") and lines[5].endswith("| flat, not counted |")
+    assert lines[-1] == "Peaked at or after 67% of the run (counted runs): 10 rows: 1 of 2."
+    # a tell_best that trained off the defaults (another ratio) is not read, nor is a run without a curve
+    assert val_peaks([{**late, "general_ratio": 10.0}, {**early, "val_curve": None}]) == ""
+
+
+def test_lever_choice_pairs_repeats_by_the_repeats_each_run_trained_with():
+    from tellbench.frontier import lever_choice
+
+    oc = "object_counting"
+
+    def run(seed, repeats, val, score, steps, requested="auto", weight=3.0):
+        r = {**weighted(oc, 30, seed, weight, val, score, 1.6, steps=steps), "task_repeats": float(repeats)}
+        r["tell_keys"] = {**r["tell_keys"], "tell_task_repeats": requested}
+        return r
+
+    # today's auto at 30 rows is 20; a run that asked for 20 is the default, one that asked for auto under the old
+    # rule (7) is the value 7; a run at 40 that also moved the weight is in neither table
+    runs = [run(1, 20, 0.16, 0.19, 117), run(1, 40, 0.22, 0.25, 234, requested=40),
+            run(2, 20, 0.18, 0.22, 116, requested=20), run(2, 40, 0.28, 0.17, 235, requested=40),
+            run(3, 20, 0.10, 0.10, 117), run(3, 7, 0.30, 0.30, 41),
+            run(4, 20, 0.10, 0.10, 117), run(4, 40, 0.90, 0.90, 234, requested=40, weight=10.0)]
+    text = lever_choice(runs, "tell_task_repeats")
+    assert "repeats vs auto" in text
+    forty = [c.strip() for c in [x for x in text.splitlines() if x.startswith("| 40 |")][0].split("|")[1:-1]]
+    assert forty[1] == "2" and forty[2] == "+0.080 (OC30/s1 +0.06, OC30/s2 +0.10)"
+    assert forty[4] == "+0.005" and forty[6] == "234 / 116"
+    seven = [x for x in text.splitlines() if x.startswith("| 7 |")][0]
+    assert "| 1 | +0.200 (OC30/s3 +0.20) |" in seven
+    # the default is judged the same way: auto's run is default TELL, the 40-repeat run is not
+    assert is_default_tell(runs[0]) and is_default_tell(runs[2]) and not is_default_tell(runs[1])

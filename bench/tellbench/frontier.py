@@ -55,6 +55,13 @@ def default_repeats(run: dict) -> int:
     return auto_task_repeats(int(run["task_rows"]))
 
 
+def repeats(run: dict) -> str:
+    """The repeats a TELL run trained with, as a lever value: "auto" where they are what today's ``auto`` gives its
+    row count (the rule changed in issue 13: a run that asked for 20 at 30 rows is today's default)."""
+    ran = int(run["task_repeats"])
+    return "auto" if ran == default_repeats(run) else str(ran)
+
+
 def tell_label(run: dict) -> str:
     weight = loss_weight(run)
     label = f"TELL g{run['general_ratio']:g}"
@@ -80,17 +87,15 @@ BENCH_TELL_KEYS = {"tell_task_datasets", "tell_anchor", "tell_anchor_placement",
 LEVERS = {"tell_task_loss_weight": ("weight", loss_weight),
           "tell_general_ratio": ("ratio", lambda run: float(run["general_ratio"])),
           "tell_spread": ("spread", spread),
-          "tell_task_loss_share": ("task loss share", loss_share)}
+          "tell_task_loss_share": ("task loss share", loss_share),
+          "tell_task_repeats": ("repeats", repeats)}
 
 
 def levers_off_default(run: dict) -> set | None:
-    """The levers (``LEVERS`` keys) a bf16 TELL run at today's auto repeats moved off the plugin's defaults; None for
-    a run that is not comparable (not TELL, fp32, other repeats, or a lever key the bench does not vary)."""
-    if run.get("method") != "tell" or run.get("precision") == "fp32":
-        return None
-    # the repeats it ran with, not the ones it asked for: an earlier `auto` (200 occurrences) gave 30 rows 7, today's
-    # gives 20, so a run that asked for 20 at 30 rows is today's default and the old `auto` run is not
-    if run.get("task_repeats") is None or int(run["task_repeats"]) != default_repeats(run):
+    """The levers (``LEVERS`` keys) a bf16 TELL run moved off the plugin's defaults (the repeats judged by those it ran
+    with: ``repeats``); None for a run that is not comparable (not TELL, fp32, no recorded repeats, or a lever key
+    the bench does not vary)."""
+    if run.get("method") != "tell" or run.get("precision") == "fp32" or run.get("task_repeats") is None:
         return None
     if {k for k in (run.get("tell_keys") or {}) if k not in BENCH_TELL_KEYS} - set(LEVERS):
         return None
@@ -383,6 +388,51 @@ def _best_columns(cell: dict) -> str:
     gap = ks - _ms(best["score"])[0]
     verdict = "met" if gap >= BEST_MARGIN - 1e-9 and kd <= LOSS_TOLERANCE else "missed"
     return f"{_fmt(*_ms(kept['score']))} | {gap:+.3f} ({verdict})"
+
+
+LATE = 2 / 3  # a validation peak "late" in a run: at or after two thirds of its steps
+
+
+def is_default_tell_best(run: dict) -> bool:
+    """A ``tell_best`` run whose training was TELL at the defaults (its extra keys only choose the checkpoint)."""
+    if run.get("method") != "tell_best":
+        return False
+    keys = {k: v for k, v in (run.get("tell_keys") or {}).items() if k in BENCH_TELL_KEYS or k in LEVERS}
+    return is_default_tell({**run, "method": "tell", "tell_keys": keys})
+
+
+def val_peaks(runs: list[dict]) -> str:
+    """Where each default ``tell_best`` run's validation curve peaked: a peak late in the run says the run could
+    have trained longer (the repeats lever), an early one that it went past its best (what ``tell_best`` keeps).
+    Per run: its curve, the first step of the maximum (and its share of the run), the end minus the peak, the kept
+    checkpoint's test score against TELL's end point on the same seed; then, per row count, how many peaked late.
+    Runs whose validation scores all sit at the floor (``at_the_val_floor``) or whose curve is flat are shown, not
+    counted. Empty when no run has a curve."""
+    ends = {(r["task"], r["task_rows"], r["seed"]): r for r in runs if is_default_tell(r)}
+    lines, late = [], defaultdict(lambda: [0, 0])
+    for r in sorted((r for r in runs if is_default_tell_best(r) and r.get("val_curve") and r.get("steps")),
+                    key=lambda r: (r["task_rows"], r["task"], r["seed"])):
+        curve = r["val_curve"]
+        top = max(p["value"] for p in curve)
+        peak = next(p["step"] for p in curve if p["value"] == top)
+        share = peak / float(r["steps"])
+        floor = at_the_val_floor({**r, "val_score": top})
+        flat = top == min(p["value"] for p in curve)  # e.g. 1.00 from the first evaluation: no peak to place
+        if not floor and not flat:
+            late[r["task_rows"]][0] += share >= LATE
+            late[r["task_rows"]][1] += 1
+        end = ends.get((r["task"], r["task_rows"], r["seed"]))
+        versus = "–" if end is None else f"{r['score']:.2f} vs {end['score']:.2f} ({r['score'] - end['score']:+.2f})"
+        lines.append(f"| {r['task']} | {r['task_rows']} | {r['seed']} | {r['steps']} | "
+                     + " ".join(f"{p['value']:.2f}" for p in curve) + f" | {peak} ({share:.0%})"
+                     + (" late" if share >= LATE else "") + f" | {curve[-1]['value'] - top:+.2f} | {versus} | "
+                     + ("at the floor, not counted" if floor else "flat, not counted" if flat else "counted") + " |")
+    if not lines:
+        return ""
+    summary = "; ".join(f"{rows} rows: {k} of {n}" for rows, (k, n) in sorted(late.items()))
+    return "\n".join(["| task | rows | seed | steps | validation curve | peak step (share of run) | end − peak | "
+                      "tell_best test vs TELL's end point | read |", "|---|---:|---:|---:|---|---|---:|---|---|",
+                      *lines, "", f"Peaked at or after {LATE:.0%} of the run (counted runs): {summary}."])
 
 
 def lever_runs(runs: list[dict], lever: str) -> dict:

@@ -230,9 +230,16 @@ def write(results_path: Path) -> str:
             frontier_part += ("## Data efficiency\n\nTELL at N task rows against `sft_best` trained on at least "
                               f"{frontier.EFFICIENCY}N rows of the same task (means over seeds; in brackets: TELL "
                               "minus `sft_best`).\n\n" + efficiency + "\n\n")
+        peaks = frontier.val_peaks(runs)
+        if peaks:
+            frontier_part += ("## Where TELL's validation peaks\n\nEach `tell_best` run (TELL at the defaults, "
+                              "evaluated on the validation rows 7 times and at its last step): a peak late in the run "
+                              "says it could have trained longer, an early one that it went past its best.\n\n"
+                              + peaks + "\n\n")
         for lever, title in (("tell_task_loss_weight", "Task loss weight"), ("tell_general_ratio", "General ratio"),
                              ("tell_spread", "Spread"),
-                             ("tell_task_loss_share", "Task loss share (instead of the weight)")):
+                             ("tell_task_loss_share", "Task loss share (instead of the weight)"),
+                             ("tell_task_repeats", "Task repeats")):
             choice = frontier.lever_choice(runs, lever)
             if choice:  # a default is chosen on validation rows, as sft_best's epoch is
                 frontier_part += (f"## {title}, chosen on validation rows\n\nEach value against the current "
