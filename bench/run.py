@@ -49,7 +49,7 @@ SFT_BEST_CHOICE = "sft_best_choice.json"  # in an sft_best cell's folder: the ad
 SFT_FACTS = ("task_repeats", "epochs", "steps", "steps_run", "chosen_epochs", "general_tokens",
              "general_supervised_tokens", "task_tokens", "task_supervised_tokens", "precision", "steps_per_epoch",
              "rows_per_step")  # what sft_scaled's record repeats from its sft_best twin (it trains nothing itself)
-TASK_EVAL_FIELDS = ("examples", "metric", "row_hits", "answer_mix", "constant_answer")  # beside the metrics
+TASK_EVAL_FIELDS = ("examples", "metric", "row_hits", "answer_mix", "constant_answer", "off_constant")  # beside the metrics
 REQUIRED_KEYS = ("task", "method", "task_rows", "seed", "score", "metric", "general_loss", "model", "task_repeats",
                  "general_tokens", "task_tokens", "train_tokens", "steps", "wall_s", "device")
 
@@ -571,9 +571,9 @@ def parse_args(argv=None):
     ap.add_argument("--keep-checkpoints", action="store_true", help="keep sft_best's per-epoch adapters")
     ap.add_argument("--report-only", action="store_true", help="only rewrite the table and plots")
     ap.add_argument("--constant-answers", action="store_true",
-                    help="add `constant_answer` (the best one-answer score on the test rows) and "
-                         "`val_constant_answer` (on the validation rows) to recorded runs that lack them; reads the "
-                         "task data only (no model)")
+                    help="add `constant_answer` (the best one-answer score on the test rows), `off_constant` (a "
+                         "run's hits on the rows that answer misses) and `val_constant_answer` (on the validation "
+                         "rows) to recorded runs that lack them; reads the task data only (no model)")
     ap.add_argument("--rescore-val", action="store_true",
                     help="score the validation rows of recorded TELL runs that lack `val_score` (adapters on disk)")
     args = ap.parse_args(argv)
@@ -603,8 +603,9 @@ def select(cells: list[Cell], args) -> list[Cell]:
 
 
 def add_constant_answers(args, out: Path) -> int:
-    """Give every recorded run without them its test rows' ``constant_answer`` and, where it scored validation rows,
-    their ``val_constant_answer`` (runs recorded before runs kept them). No model: the task data alone.
+    """Give every recorded run without them its test rows' ``constant_answer``, its ``off_constant`` split (from its
+    ``row_hits``) and, where it scored validation rows, their ``val_constant_answer`` (runs recorded before runs
+    kept them). No model: the task data alone.
 
     The rows are re-drawn as the run drew them (the task's seeded test sample of ``test_rows``; its fixed validation
     split of ``val_rows``); a run whose kept examples do not match the re-drawn test rows is left alone and named."""
@@ -634,6 +635,13 @@ def add_constant_answers(args, out: Path) -> int:
                     changed = True
                 else:
                     skipped.append(r["key"])
+            if r.get("row_hits") and r.get("constant_answer") and "off_constant" not in r:
+                spec, refs = references(r["task"], "test", r["test_rows"])
+                kept = [e["reference"] for e in r.get("examples") or []]
+                if len(refs) == r["test_rows"] and kept == refs[:len(kept)]:
+                    r["off_constant"] = scoring.off_constant(spec["metric"], refs, r["row_hits"],
+                                                             r["constant_answer"])
+                    changed = True
             added += changed
         save_results(out, results)
     print(f"[bench] --constant-answers: added to {added} run(s)", flush=True)

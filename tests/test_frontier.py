@@ -317,7 +317,8 @@ def test_a_cell_where_no_method_clears_the_constant_answer_ranks_no_method():
     best = {**run("t", "sft_best", 0, 0.52, 2.5, frontier=[]), "constant_answer": floor, "test_rows": 100}
     text = floors([base, tell, best])
     assert text.splitlines()[-1] == ("| t | 10 | `plausible` | 0.510 | 0.000 (-0.510) | 0.520 (+0.010) | "
-                                     "0.380 (-0.130) | – | no method clears it by 2 SE: this cell ranks no method |")
+                                     "0.380 (-0.130) | – | – / – / – | no method clears it by 2 SE: this cell ranks "
+                                     "no method |")
     assert "no method clears the constant answer" in goal([base, tell, best]).splitlines()[-1]
     # 0.51 + 2 SE (0.05 at n=100) is ~0.61: a method at 0.70 shows skill, and the goal line says nothing more
     best["score"] = 0.70
@@ -395,3 +396,25 @@ def test_lever_choice_pairs_repeats_by_the_repeats_each_run_trained_with():
     assert "| 1 | +0.200 (OC30/s3 +0.20) |" in seven
     # the default is judged the same way: auto's run is default TELL, the 40-repeat run is not
     assert is_default_tell(runs[0]) and is_default_tell(runs[2]) and not is_default_tell(runs[1])
+
+
+def test_off_constant_splits_hits_on_the_rows_the_constant_answer_misses():
+    from tellbench.frontier import floors
+    from tellbench.scoring import constant_answer, off_constant
+
+    refs = ["unknown", "Paris", "unknown", "4 August", "unknown"]
+    const = constant_answer("exact_match", refs)
+    assert const == {"answer": "unknown", "score": 0.6}
+    # a run that answers "unknown" everywhere and one that answers the spans: the same score, other skills
+    assert off_constant("exact_match", refs, "10101", const) == {"rows": 2, "hits": 0}
+    assert off_constant("exact_match", refs, "11010", const) == {"rows": 2, "hits": 2}
+    assert off_constant("exact_match", refs, "1101", const) is None and off_constant("exact_match", refs, "1", None) is None
+
+    floor = {"answer": "unknown", "score": 0.28}
+    base = run("t", "zero_shot", 0, 0.0, 1.6)
+    tell = [{**tell_run(10, 20), **run("t", "tell", s, 0.28, 1.59), "constant_answer": floor,
+             "off_constant": {"rows": 72, "hits": h}} for s, h in ((0, 15), (1, 5))]
+    best = {**run("t", "sft_best", 0, 0.26, 2.0, frontier=[]), "constant_answer": floor,
+            "off_constant": {"rows": 72, "hits": 1}}
+    line = floors([base, *tell, best]).splitlines()[-1]
+    assert "| 1/72 / 20/144 / – |" in line  # summed over seeds; tell_best did not run

@@ -263,9 +263,22 @@ def at_the_floor(cell: dict, floor: dict | None) -> bool:
     return all(s is None or floor_reach(floor, s) <= FLOOR_SE for s in trained)
 
 
+def _off_constant(runs: list[dict], task: str, rows: int, label: str) -> str:
+    """"hits/rows" summed over seeds on the test rows the constant answer gets wrong, for one point of a cell."""
+    def belongs(r):
+        if r["task"] != task or r["task_rows"] != rows or not r.get("off_constant"):
+            return False
+        return is_default_tell(r) if label == "TELL (defaults)" else r["method"] == label
+
+    split = [r["off_constant"] for r in runs if belongs(r)]
+    return f"{sum(x['hits'] for x in split)}/{sum(x['rows'] for x in split)}" if split else "–"
+
+
 def floors(runs: list[dict]) -> str:
     """Each cell's best constant answer against zero-shot, ``sft_best``, TELL and ``tell_best`` (means over seeds):
-    a score at that floor is no evidence of task skill. Empty when no run recorded a constant answer."""
+    a score at that floor is no evidence of task skill. Beside it, each method's hits on the rows that answer gets
+    wrong (summed over seeds): at the floor, it tells a run that learnt the task from one that learnt the constant.
+    Empty when no run recorded a constant answer."""
     found = constant_floors(runs)
     lines = []
     for (task, rows), cell in sorted(points(runs).items()):
@@ -280,12 +293,15 @@ def floors(runs: list[dict]) -> str:
         reading = (f"no method clears it by {FLOOR_SE} SE: this cell ranks no method" if at_the_floor(cell, floor)
                    else f"some method clears it by {FLOOR_SE} SE")
         answer = str(floor["answer"]).replace("|", "/")[:30]
-        lines.append(f"| {task} | {rows} | `{answer}` | {floor['score']:.3f} | {' | '.join(cols)} | {reading} |")
+        off = " / ".join(_off_constant(runs, task, rows, label) for label in ("sft_best", "TELL (defaults)",
+                                                                              "tell_best"))
+        lines.append(f"| {task} | {rows} | `{answer}` | {floor['score']:.3f} | {' | '.join(cols)} | {off} | "
+                     f"{reading} |")
     if not lines:
         return ""
     return "\n".join(["| task | rows | constant answer | its score | zero_shot (vs it) | sft_best (vs it) | "
-                      "TELL (defaults) (vs it) | tell_best (vs it) | reading |",
-                      "|---|---:|---|---:|---|---|---|---|---|", *lines])
+                      "TELL (defaults) (vs it) | tell_best (vs it) | rows it misses, right: sft_best / TELL / "
+                      "tell_best | reading |", "|---|---:|---|---:|---|---|---|---|---|---|", *lines])
 
 
 def goal(runs: list[dict]) -> str:

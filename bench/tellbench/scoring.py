@@ -94,6 +94,7 @@ def task_eval(model, tokenizer, prompts: list[list[int]], references: list[str],
                           for p, r in list(zip(predictions, references))[:keep_predictions]]
     result["answer_mix"] = answer_mix(predictions)
     result["constant_answer"] = constant_answer(metric, references)
+    result["off_constant"] = off_constant(metric, references, result["row_hits"], result["constant_answer"])
     return result
 
 
@@ -111,6 +112,18 @@ def constant_answer(metric: str, references: list[str], candidates: int = 5) -> 
               for i, answer in enumerate(common)]
     best, _, answer = max(scored)
     return {"answer": answer, "score": best}
+
+
+def off_constant(metric: str, references: list[str], row_hits: str, constant: dict | None) -> dict | None:
+    """The rows the constant answer gets wrong, and how many of them a run got right: ``{"rows", "hits"}``.
+
+    Where a cell sits at its one-answer floor, two runs with the same score can have learnt different things: one
+    answers the constant ("unknown") almost everywhere, the other the task itself; this split shows which. None
+    without a constant answer or when the hits do not cover the rows."""
+    if not constant or len(row_hits) != len(references):
+        return None
+    off = [i for i, ref in enumerate(references) if score(metric, [constant["answer"]], [ref])["score"] < 1.0]
+    return {"rows": len(off), "hits": sum(row_hits[i] == "1" for i in off)}
 
 
 def answer_mix(predictions: list[str], top: int = 5, width: int = 40) -> list[list]:
