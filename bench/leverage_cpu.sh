@@ -49,6 +49,9 @@ step_qf30tb() { cells --tasks question_formation --sizes 30 --seeds 0 --methods 
 step_os30()   { cells --tasks opinion_sentiment --sizes 30 --seeds 0 --methods tell sft_best tell_best; }
 step_new30b() { for t in fact_verification disfl_qa; do    # the last two tasks at 30 rows (README: every task, every
                   cells --tasks "$t" --sizes 30 --seeds 0 --methods tell tell_best sft_best zero_shot; done; }  # size)
+step_reps100() { for t in object_counting opinion_sentiment question_formation sports_understanding \
+                  fact_verification disfl_qa; do        # rule 4's lever at 100 rows, seed 0 on all six (rules 1-2),
+                  cells --tasks "$t" --sizes 100 --seeds 0 --methods tell; done; }  # 12 repeats vs auto's 6
 steps=("$@"); [ ${#steps[@]} -gt 0 ] || steps=(qf100 new10 os100)
 for s in "${steps[@]}"; do echo "== leverage_cpu step $s"; "step_$s"; done
 .venv/bin/python bench/run.py --report-only --out "$OUT" > /dev/null
