@@ -49,7 +49,8 @@ SFT_BEST_CHOICE = "sft_best_choice.json"  # in an sft_best cell's folder: the ad
 SFT_FACTS = ("task_repeats", "epochs", "steps", "steps_run", "chosen_epochs", "general_tokens",
              "general_supervised_tokens", "task_tokens", "task_supervised_tokens", "precision", "steps_per_epoch",
              "rows_per_step")  # what sft_scaled's record repeats from its sft_best twin (it trains nothing itself)
-TASK_EVAL_FIELDS = ("examples", "metric", "row_hits", "answer_mix", "constant_answer", "off_constant")  # beside the metrics
+# what task_eval returns beside the metrics
+TASK_EVAL_FIELDS = ("examples", "metric", "row_hits", "answer_mix", "constant_answer", "off_constant")
 REQUIRED_KEYS = ("task", "method", "task_rows", "seed", "score", "metric", "general_loss", "model", "task_repeats",
                  "general_tokens", "task_tokens", "train_tokens", "steps", "wall_s", "device")
 
