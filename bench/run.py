@@ -619,6 +619,10 @@ def add_constant_answers(args, out: Path) -> int:
             refs_of[(task, split, n)] = (spec, [data.task_reference(spec, row) for row in getattr(td, split)])
         return refs_of[(task, split, n)]
 
+    def same_test_rows(r: dict, refs: list[str]) -> bool:  # the re-drawn rows begin with the run's kept examples
+        kept = [e["reference"] for e in r.get("examples") or []]
+        return len(refs) == r["test_rows"] and kept == refs[:len(kept)]
+
     with results_lock(out):
         results = load_results(out)
         added, skipped = 0, []
@@ -630,16 +634,14 @@ def add_constant_answers(args, out: Path) -> int:
                 changed = True
             if r.get("test_rows") and "constant_answer" not in r:
                 spec, refs = references(r["task"], "test", r["test_rows"])
-                kept = [e["reference"] for e in r.get("examples") or []]
-                if len(refs) == r["test_rows"] and kept == refs[:len(kept)]:
+                if same_test_rows(r, refs):
                     r["constant_answer"] = scoring.constant_answer(spec["metric"], refs)
                     changed = True
                 else:
                     skipped.append(r["key"])
             if r.get("row_hits") and r.get("constant_answer") and "off_constant" not in r:
                 spec, refs = references(r["task"], "test", r["test_rows"])
-                kept = [e["reference"] for e in r.get("examples") or []]
-                if len(refs) == r["test_rows"] and kept == refs[:len(kept)]:
+                if same_test_rows(r, refs):
                     r["off_constant"] = scoring.off_constant(spec["metric"], refs, r["row_hits"],
                                                              r["constant_answer"])
                     changed = True
