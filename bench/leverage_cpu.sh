@@ -52,6 +52,11 @@ step_new30b() { for t in fact_verification disfl_qa; do    # the last two tasks 
 step_reps100() { for t in object_counting opinion_sentiment question_formation sports_understanding \
                   fact_verification disfl_qa; do        # rule 4's lever at 100 rows, seed 0 on all six (rules 1-2),
                   cells --tasks "$t" --sizes 100 --seeds 0 --methods tell; done; }  # 12 repeats vs auto's 6
+step_w3_100() { for t in ${TASKS:-object_counting opinion_sentiment question_formation sports_understanding \
+                  fact_verification disfl_qa}; do   # rule 4's weight lever at 100 rows, seed 0, in the planned order
+                  cells --tasks "$t" --sizes 100 --seeds 0 --methods tell --variants w3; done; }  # (TASKS=...: a part)
+step_dev10s() { for s in 1 2; do for t in question_formation opinion_sentiment; do   # seeds 1-2 on the dev tasks
+                  cells --tasks "$t" --sizes 10 --seeds "$s" --methods sft_best tell tell_best; done; done; }  # 10 rows
 steps=("$@"); [ ${#steps[@]} -gt 0 ] || steps=(qf100 new10 os100)
 for s in "${steps[@]}"; do echo "== leverage_cpu step $s"; "step_$s"; done
 .venv/bin/python bench/run.py --report-only --out "$OUT" > /dev/null
