@@ -23,7 +23,9 @@ BUILTIN_METRICS = ("exact_match", "accuracy", "json_fields")
 # (issue 13, bench/results/frontier_cpu.md, "Task loss weight, chosen on validation rows"): weight 10 vs 3 on
 # the same task, rows and seed, validation score +0.043 on the mean of 8 pairs (none lower; 27 validation rows
 # won, 10 lost, sign test p = 0.008), test +0.030; held-out general loss of every weight-10 run 0.02-0.16 nats
-# below the base model's. Measured at 10 and 30 task rows only.
+# below the base model's. At 100 rows (issue 24, bench/results/leverage_cpu.md) weight 3 vs 10 on object_counting,
+# seed 0: validation 0.34 vs 0.46 (the default's seeds 0-2: 0.46, 0.26, 0.30), one counted loss: by the plan's stop
+# rule (BENCHMARKS) the lever failed and 10 stays, on thin evidence.
 DEFAULT_TASK_LOSS_WEIGHT = 10.0
 
 # Axolotl features that would undo or bypass the planned mix.
@@ -173,7 +175,9 @@ class TellArgs(BaseModel):
         json_schema_extra={
             "description": "Evaluate tell_eval_generate at evenly spaced steps (evals_per_epoch, default 7, and the "
             "last step), save a checkpoint at each, and keep the one with the best task metric as the trained "
-            "adapter (load_best_model_at_end with metric_for_best_model eval_tell/<metric>)."
+            "adapter (load_best_model_at_end). Unless metric_for_best_model is set, an evaluation no better than "
+            "one fixed answer on every eval row (the rows' constant-answer floor) ties with every other such, and "
+            "the later wins."
         },
     )
     tell_bake_anchor: bool | None = Field(

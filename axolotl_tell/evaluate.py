@@ -130,4 +130,15 @@ def generation_eval(model, tokenizer, spec: dict, eval_raw: list[dict], metric: 
                for (index, prompt, ref), pred in zip(items, ordered)]
     result = dict(score_fn(ordered, references))
     result["metric"] = metric
+    result.update(_floor(metric, references))
     return result, records
+
+
+def _floor(metric: str, references: list[str]) -> dict:
+    """A built-in metric's one-answer floor on these rows (``constant_answer``, ``constant_answer_score``): a score
+    at or under it shows no skill beyond the answers' distribution. A custom function is not called again for it
+    (it may be slow or judge with a model), so it has none."""
+    from axolotl_tell.metrics import METRICS, constant_answer
+
+    floor = constant_answer(metric, references) if metric in METRICS else None
+    return {"constant_answer": floor["answer"], "constant_answer_score": floor["score"]} if floor else {}

@@ -6,12 +6,15 @@
 * ``json_fields``: the first JSON object in the prediction is parsed; reports the
   valid-JSON rate, the accuracy of one field against the reference label, and
   F1 of the positive label (the TELL paper's Halu-CoT-JSON metric).
+
+:func:`constant_answer` is the floor under any of them: the best score one fixed answer gets on the same rows.
 """
 
 from __future__ import annotations
 
 import json
 import re
+from collections import Counter
 
 _TRAILING = re.compile(r"[\s.?!]+$")
 
@@ -78,3 +81,19 @@ def score(metric: str, predictions: list[str], references: list[str]) -> dict:
     result = METRICS[metric](predictions, references)
     result["score"] = result[HEADLINE[metric]]
     return result
+
+
+def constant_answer(metric: str, references: list[str], candidates: int = 5) -> dict | None:
+    """The best score one fixed answer gets on these rows, trying the most common references (ties: the more common).
+
+    The floor a model must clear to show it learnt the task rather than the answers' distribution: "plausible" on
+    every row of a balanced binary task scores ~0.5, "unknown" on every reading-comprehension row scores the share of
+    unanswerable questions. ``{"answer": ..., "score": ...}``; None without rows.
+    """
+    if not references:
+        return None
+    common = [answer for answer, _ in Counter(references).most_common(candidates)]
+    scored = [(score(metric, [answer] * len(references), references)["score"], -i, answer)
+              for i, answer in enumerate(common)]
+    best, _, answer = max(scored)
+    return {"answer": answer, "score": best}

@@ -34,11 +34,12 @@ def task_rows_per_step(task_positions: np.ndarray, total_rows: int, rows_per_ste
 
 
 def plot_timeline(path, task_positions, total_rows: int, rows_per_step: float, title: str = "",
-                  stopped_at: int | None = None, kept_at: int | None = None) -> Path:
+                  stopped_at: int | None = None, kept_at: int | None = None, kept_why: str = "best task metric"
+                  ) -> Path:
     """Task occurrences per optimizer step, and their cumulative share of the run.
 
     ``stopped_at``: the step where training stopped before the end of the plan (``max_steps``), marked.
-    ``kept_at``: the step whose checkpoint became the saved adapter (``tell_keep_best``), marked.
+    ``kept_at``: the step whose checkpoint became the saved adapter (``tell_keep_best``), marked with ``kept_why``.
     """
     plt = _pyplot()
     per_step = task_rows_per_step(task_positions, total_rows, rows_per_step)
@@ -60,7 +61,7 @@ def plot_timeline(path, task_positions, total_rows: int, rows_per_step: float, t
         for axis in (top, bottom):
             axis.axvline(kept_at - 0.5, color="tab:green", lw=1.5, ls="--")
         top.text(kept_at - 0.5, (per_step.max() if per_step.size else 1) * 0.8, f" kept: checkpoint of step "
-                 f"{kept_at} (best task metric)", color="tab:green", fontsize=8, va="top",
+                 f"{kept_at} ({kept_why})", color="tab:green", fontsize=8, va="top",
                  bbox={"facecolor": "white", "alpha": 0.8, "linewidth": 0})
     bottom.plot(steps, np.cumsum(per_step) / max(per_step.sum(), 1), color="tab:blue")
     bottom.plot(steps, (steps + 1) / per_step.size, color="gray", lw=1, ls=":", label="ideal (uniform)")

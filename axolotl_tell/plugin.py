@@ -39,6 +39,7 @@ class TellPlugin(BasePlugin):
         self.trained: dict | None = None  # measured at the end of training, on every rank
         self.evaluations: list[dict] = []  # tell_keep_best: the metric at each evaluation, in step order
         self.kept: dict | None = None  # the checkpoint the trainer loaded at the end (load_best_model_at_end)
+        self.floor: dict | None = None  # tell_keep_best: the eval rows' one-answer floor, where it counts
         self.post_train_calls = 0
 
     def get_input_args(self) -> str:

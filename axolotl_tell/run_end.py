@@ -102,7 +102,7 @@ def _plots(plugin, report: dict, out: Path) -> None:
     # rows per optimizer step, measured on this run's dataloader (packed steps hold a varying number of rows)
     plot_timeline(out / TIMELINE_FILE, np.flatnonzero(order >= general_rows), order.size, order.size / steps,
                   stopped_at=trained["steps"] if not trained["complete"] else None,
-                  kept_at=(trained.get("kept") or {}).get("step"))
+                  kept_at=(trained.get("kept") or {}).get("step"), kept_why=_kept_why(trained.get("kept")))
     if plugin.trainer is not None:
         plot_losses(out / LOSS_FILE, plugin.trainer.state.log_history)
 
@@ -113,3 +113,10 @@ def bake_into(folder: Path, spec_dir: Path | None = None) -> None:
 
     bake_anchor(folder, load_spec(spec_dir or folder))
     LOG.info("[axolotl_tell] anchor baked into the chat template saved in %s", folder)
+
+
+def _kept_why(kept: dict | None) -> str:
+    """The timeline's label for the kept step: the best metric, or the floor no evaluation beat."""
+    if kept and kept.get("above_floor") is False:
+        return f"no step beat answering {kept['floor']['answer']!r}: the latest kept"
+    return "best task metric"

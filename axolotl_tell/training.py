@@ -15,8 +15,8 @@ from transformers import TrainerCallback
 from axolotl_tell import compat, ranks
 from axolotl_tell.args import (DEFAULT_TASK_LOSS_WEIGHT, MEMORY_SAVING_LOSS_KEYS, config_shards_parameters,
                                resolved_task_loss_share, resolved_task_loss_weight, tensor_parallel_degree)
-from axolotl_tell.keep_best import (best_metric_key, keep_best, kept_section, later_wins_ties,
-                                    steps_between_evaluations)
+from axolotl_tell.keep_best import (CHOICE_KEY, best_metric_key, choice_value, keep_best, kept_section,
+                                    later_wins_ties, reported_metric_key, steps_between_evaluations)
 from axolotl_tell.report import INFERENCE_FILE, write_json
 
 LOG = logging.getLogger("axolotl.tell")
@@ -53,7 +53,7 @@ def prepare_trainer(plugin, cfg, trainer) -> None:
         attach(trainer, plugin.meter, keep_model_loss=bool(keep), replicas=plugin.meter_replicas,
                task_loss_weight=weight, task_loss_share=share)
     _warn_sharded_checkpoints(cfg, trainer)
-    trainer.add_callback(_RecordTrained(plugin))
+    trainer.add_callback(_RecordTrained(plugin, cfg))
     trainer.add_callback(_SpecIntoCheckpoints(plugin, cfg))
     if cfg.get("tell_eval_generate") and plugin.prepared.eval_raw:
         if sharded_parameters(cfg, trainer):
@@ -174,8 +174,8 @@ def sharded_parameters(cfg, trainer=None) -> bool:
 class _RecordTrained(TrainerCallback):
     """At the end of training, on every rank (it all-reduces): the steps and supervised tokens actually trained."""
 
-    def __init__(self, plugin):
-        self.plugin = plugin
+    def __init__(self, plugin, cfg):
+        self.plugin, self.cfg = plugin, cfg
         self.first_step = 0
 
     def on_train_begin(self, args, state, control, **kwargs):
@@ -188,9 +188,18 @@ class _RecordTrained(TrainerCallback):
                                "resumed_at_step": self.first_step or None,
                                **rows_section(self.plugin, self.plugin.trainer, int(state.global_step))}
         if args.load_best_model_at_end:  # the trainer loaded this checkpoint: it is what Axolotl saves next
-            self.plugin.kept = kept_section(state.best_model_checkpoint, state.best_metric,
-                                            getattr(state, "best_global_step", None), args.metric_for_best_model,
-                                            self.plugin.evaluations, int(state.global_step))
+            metric = (reported_metric_key(self.cfg) if args.metric_for_best_model == CHOICE_KEY
+                      else args.metric_for_best_model)
+            kept = kept_section(state.best_model_checkpoint, state.best_metric,
+                                getattr(state, "best_global_step", None), metric,
+                                self.plugin.evaluations, int(state.global_step), floor=self.plugin.floor)
+            self.plugin.kept = kept
+            if kept and kept.get("above_floor") is False and ranks.is_main_process():
+                LOG.warning("[axolotl_tell] tell_keep_best: no evaluation beat answering %r on every eval row "
+                            "(%s %.4g): the model shows no task skill the eval rows can see, so the latest such "
+                            "step (%d of %d) is kept. More task rows, or a larger model, may help.",
+                            kept["floor"]["answer"], metric, kept["floor"]["score"], kept["step"],
+                            int(state.global_step))
 
 
 class _SpecIntoCheckpoints(TrainerCallback):
@@ -224,7 +233,8 @@ class _GenerateAtEval(TrainerCallback):
     def __init__(self, plugin, cfg):
         self.plugin, self.cfg = plugin, cfg
         self.tokenizer = None
-        self.best_key = best_metric_key(cfg) if keep_best(cfg) else None
+        self.best_key = best_metric_key(cfg) if keep_best(cfg) else None  # what the trainer compares
+        self.reported_key = reported_metric_key(cfg) if keep_best(cfg) else None  # the metric it stands for
         # the plugin's generation metrics (eval_tell/*): ties go to the later step; others (eval_loss) keep
         # transformers' rule (the first of equal values)
         self.ties_to_later = self.best_key is not None and str(self.best_key).startswith("eval_tell/")
@@ -257,13 +267,19 @@ class _GenerateAtEval(TrainerCallback):
         numbers = {k: v for k, v in result.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
         if metrics is not None:
             metrics.update({f"eval_tell/{k}": v for k, v in numbers.items()})
-        if self.best_key is not None and metrics is not None and self.best_key in metrics:
-            raw = metrics[self.best_key]
+        if self.best_key is not None and metrics is not None and self.reported_key in metrics:
+            raw = metrics[self.reported_key]
             self.plugin.evaluations.append({"step": int(state.global_step), "value": raw})
+            compared = raw
+            if self.best_key == CHOICE_KEY and "constant_answer_score" in numbers:
+                self.plugin.floor = {"answer": result.get("constant_answer"), "score": numbers["constant_answer_score"]}
+                compared = choice_value(raw, self.plugin.floor["score"])
+            metrics[self.best_key] = compared
             if self.ties_to_later:
-                metrics[self.best_key] = later_wins_ties(raw, self.best_raw, state.best_metric, args.greater_is_better)
+                metrics[self.best_key] = later_wins_ties(compared, self.best_raw, state.best_metric,
+                                                         args.greater_is_better)
                 better = max if args.greater_is_better else min
-                self.best_raw = raw if self.best_raw is None else better(self.best_raw, raw)
+                self.best_raw = compared if self.best_raw is None else better(self.best_raw, compared)
         if not ranks.is_main_process():
             return
         record = {"step": state.global_step, **{k: v for k, v in result.items() if isinstance(v, (int, float, str))}}

@@ -242,7 +242,8 @@ class Bench:
                 if not kept:
                     raise RuntimeError(f"tell_best: {d / 'out'} names no kept checkpoint (tell_report.json)")
                 rec.update(chosen_step=kept["step"], chosen_val_score=kept["value"],
-                           val_curve=kept["evaluations"], chosen_is_final=kept["is_final_step"])
+                           val_curve=kept["evaluations"], chosen_is_final=kept["is_final_step"],
+                           chosen_floor=kept.get("floor"))  # None: recorded before the floor counted
             adapter = d / "out"
         elif method == "tell_no_anchor":
             rep, wall = self.tell_plan(cell)

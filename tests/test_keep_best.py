@@ -21,7 +21,7 @@ KEEP = {**BASE, "tell_task_eval_rows": 4, "tell_eval_generate": "exact_match", "
 def test_training_args_follow_the_metric_and_the_evaluation_count():
     args = keep_best_training_args(KEEP)
     assert args == {"eval_strategy": "steps", "eval_steps": 1 / 7, "save_strategy": "steps", "save_steps": 1 / 7,
-                    "load_best_model_at_end": True, "metric_for_best_model": "eval_tell/exact_match",
+                    "load_best_model_at_end": True, "metric_for_best_model": "eval_tell/keep_best",
                     "greater_is_better": True}
     assert keep_best_training_args({**KEEP, "evals_per_epoch": 4})["eval_steps"] == 0.25
     assert keep_best_training_args({**KEEP, "eval_steps": 10})["save_steps"] == 10
@@ -29,7 +29,10 @@ def test_training_args_follow_the_metric_and_the_evaluation_count():
 
 
 def test_metric_key_as_the_user_wrote_it():
-    assert best_metric_key({**KEEP, "tell_eval_generate": "json_fields"}) == "eval_tell/accuracy"
+    from axolotl_tell.keep_best import reported_metric_key
+
+    assert reported_metric_key({**KEEP, "tell_eval_generate": "json_fields"}) == "eval_tell/accuracy"
+    assert best_metric_key({**KEEP, "tell_eval_generate": "json_fields"}) == "eval_tell/keep_best"  # floored
     assert best_metric_key({**KEEP, "metric_for_best_model": "tell/f1_yes"}) == "eval_tell/f1_yes"
     assert best_metric_key({**KEEP, "metric_for_best_model": "eval_loss"}) == "eval_loss"
     assert best_metric_key({**KEEP, "tell_eval_generate": "pkg.mod.fn"}) is None
@@ -74,6 +77,97 @@ def test_a_tie_goes_to_the_later_step_without_changing_the_number():
     assert tie > 0.9 and tie == pytest.approx(0.9, abs=1e-12)
     assert later_wins_ties(0.9, 0.9, tie, True) > tie  # a third equal value wins again
     assert later_wins_ties(1.2, 1.2, 1.2, False) < 1.2  # lower is better
+
+
+class _FakeTrainer:
+    """transformers' best-checkpoint rule, as ``Trainer._determine_best_metric`` applies it: a strictly better value
+    (``np.greater``) replaces the best; the callback runs before it, on the same metrics dict."""
+
+    def __init__(self, callback, metric_key):
+        from types import SimpleNamespace
+
+        self.callback = callback
+        self.args = SimpleNamespace(greater_is_better=True, load_best_model_at_end=True,
+                                    metric_for_best_model=metric_key)
+        self.state = SimpleNamespace(global_step=0, max_steps=0, best_metric=None, best_global_step=None)
+        self.logged = []
+
+    def evaluate(self, step, metrics):
+        self.state.global_step = step
+        self.callback.on_evaluate(self.args, self.state, None, model=object(), metrics=metrics)
+        self.logged.append(dict(metrics))
+        value = metrics[self.args.metric_for_best_model]
+        if self.state.best_metric is None or value > self.state.best_metric:
+            self.state.best_metric, self.state.best_global_step = value, step
+
+
+def _keep_best_run(tmp_path, monkeypatch, curve, floor, **cfg_extra):
+    """Scripted evaluations (step, exact_match) through the plugin's callback and the trainer's rule: the kept step,
+    what the trainer logged, and tell_report's kept section."""
+    from types import SimpleNamespace
+
+    from axolotl.utils.dict import DictDefault
+
+    import axolotl_tell.evaluate as evaluate
+    from axolotl_tell.keep_best import reported_metric_key
+    from axolotl_tell.training import _GenerateAtEval
+
+    values = iter(curve)
+    monkeypatch.setattr(evaluate, "generation_eval", lambda *a, **k: (
+        {"exact_match": (v := next(values)[1]), "score": v, "n": 50, "metric": "exact_match",
+         "constant_answer": "unknown", "constant_answer_score": floor}, []))
+    cfg = DictDefault({**KEEP, "output_dir": str(tmp_path), **cfg_extra})
+    plugin = SimpleNamespace(evaluations=[], floor=None, spec={}, prepared=SimpleNamespace(eval_raw=[{}]))
+    callback = _GenerateAtEval(plugin, cfg)
+    callback.tokenizer = object()
+    trainer = _FakeTrainer(callback, best_metric_key(cfg))
+    for step, _ in curve:
+        trainer.evaluate(step, {})
+    kept = kept_section(f"{tmp_path}/checkpoint-{trainer.state.best_global_step}", trainer.state.best_metric,
+                        trainer.state.best_global_step, reported_metric_key(cfg), plugin.evaluations, curve[-1][0],
+                        floor=plugin.floor)
+    return trainer.state.best_global_step, trainer.logged, kept
+
+
+# the recorded validation curve of the benchmark's disfl_qa 30-row tell_best run (leverage_cpu.json, seed 0): its
+# one-answer floor ("unknown" on every row) scores 0.28, and no evaluation beats it
+AT_THE_FLOOR = [(23, 0.28), (46, 0.12), (69, 0.08), (92, 0.1), (115, 0.14), (138, 0.14), (160, 0.14)]
+
+
+def test_no_evaluation_above_the_one_answer_floor_keeps_the_end_point(tmp_path, monkeypatch):
+    step, logged, kept = _keep_best_run(tmp_path, monkeypatch, AT_THE_FLOOR, 0.28)
+    assert step == 160  # not step 23, whose 0.28 is the floor's own score
+    assert [m["eval_tell/exact_match"] for m in logged] == [v for _, v in AT_THE_FLOOR]  # the metric logs unchanged
+    assert kept["metric"] == "eval_tell/exact_match" and kept["value"] == 0.14 and kept["is_final_step"]
+    assert kept["floor"] == {"answer": "unknown", "score": 0.28} and kept["above_floor"] is False
+
+
+def test_an_evaluation_above_the_floor_is_kept_over_the_later_ones(tmp_path, monkeypatch):
+    # sports_understanding 30 rows, seed 0: a balanced binary task, floor 0.5
+    curve = [(22, 0.5), (44, 0.48), (66, 0.54), (88, 0.54), (110, 0.6), (132, 0.54), (148, 0.54)]
+    step, _, kept = _keep_best_run(tmp_path, monkeypatch, curve, 0.5)
+    assert step == 110 and kept["value"] == 0.6 and kept["above_floor"] is True
+    step, _, _ = _keep_best_run(tmp_path, monkeypatch, [(10, 0.6), (20, 0.7), (30, 0.7), (40, 0.2)], 0.5)
+    assert step == 30  # a tie above the floor still goes to the later step
+
+
+def test_a_metric_the_user_named_is_compared_as_it_is(tmp_path, monkeypatch):
+    step, logged, kept = _keep_best_run(tmp_path, monkeypatch, AT_THE_FLOOR, 0.28,
+                                        metric_for_best_model="tell/exact_match")
+    assert step == 23 and "eval_tell/keep_best" not in logged[0] and "floor" not in kept
+
+
+def test_the_floor_is_the_best_one_answer_score_for_built_in_metrics_only():
+    from axolotl_tell.evaluate import _floor
+    from axolotl_tell.keep_best import choice_value
+    from axolotl_tell.metrics import constant_answer
+
+    refs = ["unknown", "Paris", "unknown", "1912", "unknown"]
+    assert constant_answer("exact_match", refs) == {"answer": "unknown", "score": 0.6}
+    assert _floor("exact_match", refs) == {"constant_answer": "unknown", "constant_answer_score": 0.6}
+    assert _floor("tiny.scripted_metric", refs) == {}  # a custom function is not called again for a floor
+    assert choice_value(0.2, 0.6) == 0.6 and choice_value(0.6, 0.6) == 0.6 and choice_value(0.8, 0.6) == 0.8
+    assert choice_value(0.2, None) == 0.2
 
 
 def test_kept_section_reads_the_step_from_the_folder_when_transformers_keeps_none():
@@ -178,3 +272,11 @@ def test_sharding_is_read_from_every_key_that_shards(tmp_path, extra, sharded, t
         path.write_text(json.dumps(extra["deepspeed"]))
         assert config_shards_parameters({"deepspeed": str(path)}) is sharded
         assert tensor_parallel_degree({"deepspeed": str(path)}) == tp
+
+
+def test_the_timeline_says_why_a_step_was_kept():
+    from axolotl_tell.run_end import _kept_why
+
+    floor = {"answer": "unknown", "score": 0.28}
+    assert _kept_why({"above_floor": False, "floor": floor}) == "no step beat answering 'unknown': the latest kept"
+    assert _kept_why({"above_floor": True, "floor": floor}) == _kept_why(None) == "best task metric"

@@ -17,7 +17,7 @@ import statistics
 from collections import Counter
 
 from axolotl_tell.generate import generate
-from axolotl_tell.metrics import score
+from axolotl_tell.metrics import constant_answer, score  # noqa: F401 - constant_answer: the benchmark's too
 
 
 def load(base_model: str, adapter: str | None = None, device: str = "cpu"):
@@ -96,22 +96,6 @@ def task_eval(model, tokenizer, prompts: list[list[int]], references: list[str],
     result["constant_answer"] = constant_answer(metric, references)
     result["off_constant"] = off_constant(metric, references, result["row_hits"], result["constant_answer"])
     return result
-
-
-def constant_answer(metric: str, references: list[str], candidates: int = 5) -> dict | None:
-    """The best score one fixed answer gets on these rows, trying the most common references (ties: the more common).
-
-    The floor a model must clear to show it learnt the task rather than the answers' distribution: "plausible" on
-    every row of a balanced binary task scores ~0.5, "unknown" on every reading-comprehension row scores the share of
-    unanswerable questions. ``{"answer": ..., "score": ...}``; None without rows.
-    """
-    if not references:
-        return None
-    common = [answer for answer, _ in Counter(references).most_common(candidates)]
-    scored = [(score(metric, [answer] * len(references), references)["score"], -i, answer)
-              for i, answer in enumerate(common)]
-    best, _, answer = max(scored)
-    return {"answer": answer, "score": best}
 
 
 def off_constant(metric: str, references: list[str], row_hits: str, constant: dict | None) -> dict | None:
