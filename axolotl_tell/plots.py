@@ -21,6 +21,12 @@ def _pyplot():
     return plt
 
 
+def label_side(step: int, steps: int) -> str:
+    """Where a marker's label goes: right of a line in the first half, left of it in the second, so a late step's
+    label stays inside the axes (a label running off them squeezes the whole figure)."""
+    return "left" if step <= steps / 2 else "right"
+
+
 def task_rows_per_step(task_positions: np.ndarray, total_rows: int, rows_per_step: float) -> np.ndarray:
     """How many task occurrences each optimizer step sees.
 
@@ -55,13 +61,14 @@ def plot_timeline(path, task_positions, total_rows: int, rows_per_step: float, t
         trained = int(per_step[:stopped_at].sum())
         for axis in (top, bottom):
             axis.axvline(stopped_at - 0.5, color="tab:red", lw=1.5)
-        top.text(stopped_at - 0.5, per_step.max() if per_step.size else 1, f" training stopped (max_steps): "
-                 f"{trained} of {int(per_step.sum())} task occurrences trained", color="tab:red", fontsize=8, va="top")
+        top.text(stopped_at - 0.5, (per_step.max() if per_step.size else 1) * 0.6, f" training stopped (max_steps): "
+                 f"{trained} of {int(per_step.sum())} task occurrences trained ", color="tab:red", fontsize=8, va="top",
+                 ha=label_side(stopped_at, per_step.size), bbox={"facecolor": "white", "alpha": 0.8, "linewidth": 0})
     if kept_at is not None:  # steps count from 1, bars from 0: step k ends after bar k - 1
         for axis in (top, bottom):
             axis.axvline(kept_at - 0.5, color="tab:green", lw=1.5, ls="--")
         top.text(kept_at - 0.5, (per_step.max() if per_step.size else 1) * 0.8, f" kept: checkpoint of step "
-                 f"{kept_at} ({kept_why})", color="tab:green", fontsize=8, va="top",
+                 f"{kept_at} ({kept_why}) ", color="tab:green", fontsize=8, va="top", ha=label_side(kept_at, per_step.size),
                  bbox={"facecolor": "white", "alpha": 0.8, "linewidth": 0})
     bottom.plot(steps, np.cumsum(per_step) / max(per_step.sum(), 1), color="tab:blue")
     bottom.plot(steps, (steps + 1) / per_step.size, color="gray", lw=1, ls=":", label="ideal (uniform)")

@@ -280,3 +280,9 @@ def test_the_timeline_says_why_a_step_was_kept():
     floor = {"answer": "unknown", "score": 0.28}
     assert _kept_why({"above_floor": False, "floor": floor}) == "no step beat answering 'unknown': the latest kept"
     assert _kept_why({"above_floor": True, "floor": floor}) == _kept_why(None) == "best task metric"
+
+
+def test_a_late_marker_label_is_written_leftwards_inside_the_plot():
+    from axolotl_tell.plots import label_side
+
+    assert label_side(160, 160) == "right" and label_side(23, 160) == "left" and label_side(80, 160) == "left"
