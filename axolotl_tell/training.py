@@ -196,9 +196,9 @@ class _RecordTrained(TrainerCallback):
             self.plugin.kept = kept
             if kept and kept.get("above_floor") is False and ranks.is_main_process():
                 LOG.warning("[axolotl_tell] tell_keep_best: no evaluation beat answering %r on every eval row "
-                            "(%s %.4g): the model shows no task skill the eval rows can see, so the latest such "
-                            "step (%d of %d) is kept. More task rows, or a larger model, may help.",
-                            kept["floor"]["answer"], metric, kept["floor"]["score"], kept["step"],
+                            "(which scores %.4g on %s): the model shows no task skill the eval rows can see, so the "
+                            "latest such step (%d of %d) is kept. More task rows, or a larger model, may help.",
+                            kept["floor"]["answer"], kept["floor"]["score"], metric, kept["step"],
                             int(state.global_step))
 
 

@@ -286,3 +286,24 @@ def test_a_late_marker_label_is_written_leftwards_inside_the_plot():
     from axolotl_tell.plots import label_side
 
     assert label_side(160, 160) == "right" and label_side(23, 160) == "left" and label_side(80, 160) == "left"
+
+
+def test_the_floor_rule_replayed_on_the_recorded_benchmark_runs():
+    """The numbers README and ``choice_value`` quote: the benchmark's recorded ``tell_best`` validation curves, replayed
+    through the rule. Runs recorded before it (no ``chosen_floor``) change on exactly two cells; runs recorded with it
+    kept what the rule says."""
+    from axolotl_tell.keep_best import choice_value
+
+    runs = json.loads((Path(__file__).parent.parent / "bench/results/leverage_cpu.json").read_text())["runs"]
+    before, changed = 0, set()
+    for run in (r for r in runs if r["method"] == "tell_best"):
+        floor = (run.get("chosen_floor") or run["val_constant_answer"])["score"]
+        compared = [choice_value(e["value"], floor) for e in run["val_curve"]]
+        step = max(e["step"] for e, c in zip(run["val_curve"], compared) if c == max(compared))
+        if run.get("chosen_floor"):
+            assert run["chosen_step"] == step, run["key"]
+        else:
+            before += 1
+            if step != run["chosen_step"]:
+                changed.add((run["task"], run["task_rows"], run["seed"]))
+    assert before == 21 and changed == {("disfl_qa", 10, 0), ("disfl_qa", 30, 0)}
