@@ -213,7 +213,8 @@ class Bench:
         rec = {"key": cell.key, "task": cell.task, "method": cell.method, "task_rows": cell.task_rows,
                "seed": cell.seed, "task_repeats_requested": cell.task_repeats, "general_ratio": cell.general_ratio,
                "model": Path(self.model).name, "device": self.device_name, "variant": cell.variant or None,
-               "precision": "bf16" if settings.get("bf16") or settings.get("bfloat16") else "fp32"}
+               "precision": "bf16" if settings.get("bf16") or settings.get("bfloat16") else "fp32",
+               "learning_rate": float(settings["learning_rate"]), "lr_scheduler": settings.get("lr_scheduler")}
         wall, adapter, extra = 0.0, None, {}
         repeats = self.repeats(cell)
         task_file = self.task_file(cell, spec, td)

@@ -54,6 +54,8 @@ def test_smoke_grid_writes_results_and_resumes(tiny_model, tmp_path):
         # the floor a score is read against (one answer on every row) and what the run answered, by count
         assert 0.0 <= run["constant_answer"]["score"] <= 1.0 and run["constant_answer"]["answer"]
         assert sum(n for _, n in run["answer_mix"]) <= run["test_rows"]
+        # the rate it trained at (rule 4's learning-rate lever reads it): the grid's, as no smoke block sets one
+        assert run["learning_rate"] == 5e-4 and run["lr_scheduler"] == "cosine"
     tell = next(r for r in runs if r["method"] == "tell")
     sft = next(r for r in runs if r["method"] == "sft")
     assert tell["prompt"] == "anchored" and sft["prompt"] == "plain"

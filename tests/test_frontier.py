@@ -418,3 +418,29 @@ def test_off_constant_splits_hits_on_the_rows_the_constant_answer_misses():
             "off_constant": {"rows": 72, "hits": 1}}
     line = floors([base, *tell, best]).splitlines()[-1]
     assert "| 1/72 / 20/144 / – |" in line  # summed over seeds; tell_best did not run
+
+
+def test_the_learning_rate_is_a_lever_read_from_the_record_and_old_runs_trained_at_the_base_rate():
+    from tellbench.frontier import bench_learning_rate, lever_choice, levers_off_default
+
+    base = bench_learning_rate()
+    assert base == 5e-4  # grids.yaml `training`: the rate every record without `learning_rate` trained at
+    old = tell_run(100, 6)  # recorded before runs carried their rate
+    assert is_default_tell(old) and is_default_tell({**old, "learning_rate": base})
+    slow = {**old, "learning_rate": 2e-4}
+    assert levers_off_default(slow) == {"learning_rate"} and not is_default_tell(slow)
+    assert tell_label(slow) == "TELL g3 w3 lr0.0002" and tell_label(old) == "TELL g3 w3"
+    # two levers at once (rate and weight): in neither table
+    both = {**slow, "task_loss_weight": 10.0, "tell_keys": {**slow["tell_keys"], "tell_task_loss_weight": 10.0}}
+    assert levers_off_default(both) == {"learning_rate", "tell_task_loss_weight"}
+
+    oc = "object_counting"  # 10 rows: `weighted` trains 20 repeats, auto's at 10 rows
+    runs = [weighted(oc, 10, 0, 3.0, 0.46, 0.39, 1.6, steps=116),
+            {**weighted(oc, 10, 0, 3.0, 0.50, 0.41, 1.6, steps=116), "learning_rate": 2e-4},
+            {**weighted(oc, 10, 1, 3.0, 0.30, 0.39, 1.6, steps=116), "learning_rate": base},
+            {**weighted(oc, 10, 1, 3.0, 0.26, 0.35, 1.6, steps=116), "learning_rate": 2e-4},
+            {**weighted(oc, 10, 2, 3.0, 0.9, 0.9, 1.6, steps=116), "learning_rate": 2e-4, "general_ratio": 10.0}]
+    text = lever_choice(runs, "learning_rate")
+    assert "learning rate vs 0.0005" in text
+    row = [c.strip() for c in [x for x in text.splitlines() if x.startswith("| 0.0002 |")][0].split("|")[1:-1]]
+    assert row[1] == "2" and row[2] == "+0.000 (OC10/s0 +0.04, OC10/s1 -0.04)" and row[4] == "-0.010"

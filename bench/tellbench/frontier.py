@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 import statistics
 from collections import defaultdict
@@ -28,6 +29,28 @@ def plugin_defaults() -> dict:
             "tell_task_loss_share": "off" if TellArgs.model_fields["tell_task_loss_share"].default is None
             else float(TellArgs.model_fields["tell_task_loss_share"].default),
             "tell_spread": TellArgs.model_fields["tell_spread"].default}
+
+
+@functools.lru_cache(maxsize=1)
+def bench_learning_rate() -> float:
+    """The learning rate every bench cell trains with unless its grid block sets another (grids.yaml `training`)."""
+    import yaml
+
+    grids = yaml.safe_load((Path(__file__).resolve().parents[1] / "grids.yaml").read_text(encoding="utf-8"))
+    return float(grids["training"]["learning_rate"])
+
+
+def lever_defaults() -> dict:
+    """Each lever's default: the plugin's for the `tell_*` keys; the bench's base rate for the learning rate, which
+    the plugin leaves to the user's config (BENCHMARKS rule 4 still reads it as a lever for TELL's longer runs)."""
+    return {**plugin_defaults(), "learning_rate": bench_learning_rate()}
+
+
+def learning_rate(run: dict) -> float:
+    """The learning rate a run trained with: recorded since the eleventh session; absent on older runs, which all
+    trained at the bench's base rate (grids.yaml has set 5e-4 since the harness began, and no block changed it)."""
+    lr = run.get("learning_rate")
+    return bench_learning_rate() if lr is None else float(lr)
 
 
 def spread(run: dict) -> str:
@@ -73,6 +96,8 @@ def tell_label(run: dict) -> str:
         label += f" w{weight:g}"
     if spread(run) != plugin_defaults()["tell_spread"]:
         label += f" {spread(run)}"
+    if learning_rate(run) != bench_learning_rate():
+        label += f" lr{learning_rate(run):g}"
     if run.get("precision") == "fp32":
         label += " fp32"
     return label
@@ -88,7 +113,8 @@ LEVERS = {"tell_task_loss_weight": ("weight", loss_weight),
           "tell_general_ratio": ("ratio", lambda run: float(run["general_ratio"])),
           "tell_spread": ("spread", spread),
           "tell_task_loss_share": ("task loss share", loss_share),
-          "tell_task_repeats": ("repeats", repeats)}
+          "tell_task_repeats": ("repeats", repeats),
+          "learning_rate": ("learning rate", learning_rate)}  # not a tell_* key: read from the run's record
 
 
 def levers_off_default(run: dict) -> set | None:
@@ -99,7 +125,7 @@ def levers_off_default(run: dict) -> set | None:
         return None
     if {k for k in (run.get("tell_keys") or {}) if k not in BENCH_TELL_KEYS} - set(LEVERS):
         return None
-    want = plugin_defaults()
+    want = lever_defaults()
     off = {key for key, (_, value) in LEVERS.items() if value(run) != want[key]}
     if loss_share(run) != "off":  # the share replaces the weight (which then resolves to 1): one lever, not two
         off.discard("tell_task_loss_weight")
@@ -492,7 +518,7 @@ def lever_choice(runs: list[dict], lever: str) -> str:
     value but the default has validation scores."""
     name, _ = LEVERS[lever]
     by_seed = lever_runs(runs, lever)
-    default = plugin_defaults()[lever]
+    default = lever_defaults()[lever]
     base = {r["task"]: r["general_loss"] for r in runs if r["method"] == "zero_shot" and r.get("general_loss")}
     values = sorted({v for runs_ in by_seed.values() for v in runs_} - {default})  # one lever: one type
     show = (lambda v: f"{v:g}") if isinstance(default, float) else str

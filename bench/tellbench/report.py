@@ -239,7 +239,7 @@ def write(results_path: Path) -> str:
         for lever, title in (("tell_task_loss_weight", "Task loss weight"), ("tell_general_ratio", "General ratio"),
                              ("tell_spread", "Spread"),
                              ("tell_task_loss_share", "Task loss share (instead of the weight)"),
-                             ("tell_task_repeats", "Task repeats")):
+                             ("tell_task_repeats", "Task repeats"), ("learning_rate", "Learning rate")):
             choice = frontier.lever_choice(runs, lever)
             if choice:  # a default is chosen on validation rows, as sft_best's epoch is
                 frontier_part += (f"## {title}, chosen on validation rows\n\nEach value against the current "
