@@ -124,8 +124,12 @@ def test_goal_reads_tell_best_against_sft_best_plus_two_points():
     line = goal([base, tell, best, run("t", "tell_best", 0, 0.61, 1.60)]).splitlines()[-1]
     assert line.endswith("+0.010 (missed) |")
     line = goal([base, tell, best, run("t", "tell_best", 0, 0.70, 1.70)]).splitlines()[-1]  # forgot: +0.1 nats
-    assert line.endswith("+0.100 (missed) |")
+    assert line.endswith("+0.100 (missed; general loss +0.100 over the base) |")
     assert goal([base, tell, best]).splitlines()[-1].endswith("| – | – |")
+    # at the ceiling no checkpoint can clear sft_best by 2 points: the miss says so
+    top = run("t", "sft_best", 0, 0.99, 2.5, frontier=[])
+    line = goal([base, tell, top, run("t", "tell_best", 0, 1.0, 1.60)]).splitlines()[-1]
+    assert line.endswith("+0.010 (missed; unreachable: sft_best at 0.990, the ceiling) |")
 
 
 def test_gap_noise_pairs_the_seeds_that_kept_row_hits_and_counts_the_rest_as_binomial():

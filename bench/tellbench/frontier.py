@@ -427,8 +427,13 @@ def _best_columns(cell: dict) -> str:
     ks, kd = _ms(kept["score"])[0], _ms(kept["delta"])[0]
     if not best:
         return f"{_fmt(*_ms(kept['score']))} | –"
-    gap = ks - _ms(best["score"])[0]
+    bs = _ms(best["score"])[0]
+    gap = ks - bs
     verdict = "met" if gap >= BEST_MARGIN - 1e-9 and kd <= LOSS_TOLERANCE else "missed"
+    if kd > LOSS_TOLERANCE:
+        verdict += f"; general loss +{kd:.3f} over the base"
+    if verdict.startswith("missed") and bs > 1.0 - BEST_MARGIN + 1e-9:  # no score can clear sft_best by 2 points
+        verdict += f"; unreachable: sft_best at {bs:.3f}, the ceiling"
     return f"{_fmt(*_ms(kept['score']))} | {gap:+.3f} ({verdict})"
 
 
