@@ -59,7 +59,8 @@ step_dev10s() { for s in 1 2; do for t in question_formation opinion_sentiment; 
                   cells --tasks "$t" --sizes 10 --seeds "$s" --methods sft_best tell tell_best; done; done; }  # 10 rows
 step_oc30tb2() { cells --tasks object_counting --sizes 30 --seeds 2 --methods tell_best; }  # completes oc 30's 3 seeds
 step_new10s() { for s in 1 2; do for t in ${TASKS:-object_counting sports_understanding fact_verification disfl_qa}; do
-                  cells --tasks "$t" --sizes 10 --seeds "$s" --methods sft_best tell tell_best; done; done; }  # seeds 1-2
+                  cells --tasks "$t" --sizes 10 --seeds "$s" --methods sft_best tell tell_best \
+                    --tell-end-from-best; done; done; }  # seeds 1-2; TELL read from tell_best's last checkpoint
 step_lr100() { for t in ${TASKS:-object_counting opinion_sentiment question_formation sports_understanding \
                   fact_verification disfl_qa}; do   # rule 4's learning-rate lever at 100 rows, seed 0: 2e-4 vs 5e-4
                   cells --tasks "$t" --sizes 100 --seeds 0 --methods tell --variants lr2e4; done; }

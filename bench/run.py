@@ -49,6 +49,9 @@ SFT_BEST_CHOICE = "sft_best_choice.json"  # in an sft_best cell's folder: the ad
 SFT_FACTS = ("task_repeats", "epochs", "steps", "steps_run", "chosen_epochs", "general_tokens",
              "general_supervised_tokens", "task_tokens", "task_supervised_tokens", "precision", "steps_per_epoch",
              "rows_per_step")  # what sft_scaled's record repeats from its sft_best twin (it trains nothing itself)
+# the keys configs.keep_best_keys adds to a tell_best config (and its own output folder): the rest is its tell twin's
+END_POINT_KEEP_BEST_KEYS = ("tell_task_test_datasets", "tell_eval_generate", "tell_eval_max_new_tokens",
+                            "tell_eval_batch_size", "tell_keep_best", "save_strategy")
 # what task_eval returns beside the metrics
 TASK_EVAL_FIELDS = ("examples", "metric", "row_hits", "answer_mix", "constant_answer", "off_constant")
 REQUIRED_KEYS = ("task", "method", "task_rows", "seed", "score", "metric", "general_loss", "model", "task_repeats",
@@ -210,11 +213,7 @@ class Bench:
         rows_per_step = int(settings["micro_batch_size"]) * int(settings.get("gradient_accumulation_steps") or 1)
         d = self.cell_dir(cell)
         d.mkdir(parents=True, exist_ok=True)
-        rec = {"key": cell.key, "task": cell.task, "method": cell.method, "task_rows": cell.task_rows,
-               "seed": cell.seed, "task_repeats_requested": cell.task_repeats, "general_ratio": cell.general_ratio,
-               "model": Path(self.model).name, "device": self.device_name, "variant": cell.variant or None,
-               "precision": "bf16" if settings.get("bf16") or settings.get("bfloat16") else "fp32",
-               "learning_rate": float(settings["learning_rate"]), "lr_scheduler": settings.get("lr_scheduler")}
+        rec = self.base_record(cell, settings)
         wall, adapter, extra = 0.0, None, {}
         repeats = self.repeats(cell)
         task_file = self.task_file(cell, spec, td)
@@ -226,18 +225,7 @@ class Bench:
             config = self.tell_config_path(cell)
             wall = axo.run_axolotl("train", config, d / "train.log", self.args.launcher)
             rep = axo.tell_report(d / "out")
-            facts = axo.train_log_facts(d / "train.log")
-            rec.update(task_repeats=rep["task"]["repeats"], general_tokens=rep["general"]["tokens"],
-                       task_tokens=rep["task"]["tokens"], task_supervised_tokens=rep["task"]["supervised_tokens"],
-                       general_supervised_tokens=rep["general"]["supervised_tokens"],
-                       general_rows_used=rep["general"]["rows_used"], general_ratio_achieved=rep["ratio"]["achieved"],
-                       plan_sha256=rep["plan_sha256"], epochs=1, anchor=rep["anchor"]["text"],
-                       task_loss_weight=(rep.get("trained") or {}).get("task_loss_weight", 1.0),
-                       task_loss_share=(rep.get("trained") or {}).get("task_loss_share"),
-                       anchor_source=rep["anchor"]["source"],
-                       steps=(rep.get("trained") or {}).get("steps") or facts["steps_logged"]
-                       or axo.steps_per_epoch(rep["rows_total"], rows_per_step),
-                       **{k: v for k, v in facts.items() if k != "steps"})
+            rec.update(self.tell_facts(d, rep, rows_per_step))
             if method == "tell_best":  # the step the plugin kept, and the validation curve it chose from
                 kept = (rep.get("trained") or {}).get("kept")
                 if not kept:
@@ -322,9 +310,79 @@ class Bench:
                 {"adapter": chosen, "record": {k: rec[k] for k in SFT_FACTS if k in rec}}, indent=1))
         if method in ("sft_best", "tell_best") and not self.args.keep_checkpoints:
             kept = self.work / rec["chosen_checkpoint"] if rec.get("chosen_checkpoint") else None
+            last = (d / "out" / f"checkpoint-{int(rec['steps'])}"
+                    if method == "tell_best" and getattr(self.args, "tell_end_from_best", False) else None)
             for ckpt in (d / "out").glob("checkpoint-*"):
-                if ckpt != kept:
+                if ckpt not in (kept, last):  # the last one: end_point reads it, then drop_checkpoints
                     shutil.rmtree(ckpt, ignore_errors=True)
+        return rec
+
+    def drop_checkpoints(self, cell: Cell) -> None:
+        """A tell_best cell's checkpoints once its end point is scored (unless --keep-checkpoints)."""
+        if not self.args.keep_checkpoints:
+            for ckpt in (self.cell_dir(cell) / "out").glob("checkpoint-*"):
+                shutil.rmtree(ckpt, ignore_errors=True)
+
+    def base_record(self, cell: Cell, settings: dict) -> dict:
+        """What every record says about its cell before training: which cell, model, device, precision, rate."""
+        return {"key": cell.key, "task": cell.task, "method": cell.method, "task_rows": cell.task_rows,
+                "seed": cell.seed, "task_repeats_requested": cell.task_repeats, "general_ratio": cell.general_ratio,
+                "model": Path(self.model).name, "device": self.device_name, "variant": cell.variant or None,
+                "precision": "bf16" if settings.get("bf16") or settings.get("bfloat16") else "fp32",
+                "learning_rate": float(settings["learning_rate"]), "lr_scheduler": settings.get("lr_scheduler")}
+
+    @staticmethod
+    def tell_facts(d: Path, rep: dict, rows_per_step: int) -> dict:
+        """A trained TELL cell's plan and training facts, from its tell_report.json and train.log."""
+        facts = axo.train_log_facts(d / "train.log")
+        trained = rep.get("trained") or {}
+        return dict(task_repeats=rep["task"]["repeats"], general_tokens=rep["general"]["tokens"],
+                    task_tokens=rep["task"]["tokens"], task_supervised_tokens=rep["task"]["supervised_tokens"],
+                    general_supervised_tokens=rep["general"]["supervised_tokens"],
+                    general_rows_used=rep["general"]["rows_used"], general_ratio_achieved=rep["ratio"]["achieved"],
+                    plan_sha256=rep["plan_sha256"], epochs=1, anchor=rep["anchor"]["text"],
+                    task_loss_weight=trained.get("task_loss_weight", 1.0),
+                    task_loss_share=trained.get("task_loss_share"), anchor_source=rep["anchor"]["source"],
+                    steps=trained.get("steps") or facts["steps_logged"]
+                    or axo.steps_per_epoch(rep["rows_total"], rows_per_step),
+                    **{k: v for k, v in facts.items() if k != "steps"})
+
+    def end_point(self, best: Cell, best_rec: dict) -> dict:
+        """TELL at the defaults read from a ``tell_best`` run's last checkpoint (``--tell-end-from-best``), scored as
+        its ``tell`` twin would be, instead of training the twin again.
+
+        The same training: the twin's config is the tell_best config without the keep-best keys (checked), and the
+        keep-best evaluations only read the model (greedy generation, no dropout; the trainer's data order is
+        seeded), so the last checkpoint is what a separate run reaches up to the CPU's run-to-run noise (BENCHMARKS:
+        separate tell and tell_best runs' logged losses differ from the first logged step on, before any
+        evaluation). ``wall_s`` is the tell_best run's, evaluations included; ``end_point_of`` names it."""
+        cell = best.twin("tell")
+        d_best, d = self.cell_dir(best), self.cell_dir(cell)
+        d.mkdir(parents=True, exist_ok=True)
+        import yaml
+
+        mine = yaml.safe_load(self.tell_config_path(cell).read_text(encoding="utf-8"))  # the twin's tell_keys
+        theirs = yaml.safe_load((d_best / "config.yml").read_text(encoding="utf-8"))
+        own = {"output_dir", *END_POINT_KEEP_BEST_KEYS}
+        if {k: v for k, v in mine.items() if k not in own} != {k: v for k, v in theirs.items() if k not in own}:
+            raise RuntimeError(f"{cell.key}: its config differs from {best.key}'s beyond the keep-best keys; "
+                               "train it (run without --tell-end-from-best)")
+        last = d_best / "out" / f"checkpoint-{int(best_rec['steps'])}"
+        if not (last / "adapter_config.json").is_file():
+            raise RuntimeError(f"{cell.key}: no checkpoint of {best.key}'s last step at {last}")
+        spec, td = self.task_data(cell)
+        settings = self.settings(cell)
+        rows_per_step = int(settings["micro_batch_size"]) * int(settings.get("gradient_accumulation_steps") or 1)
+        rec = self.base_record(cell, settings)
+        rec.update(self.tell_facts(d_best, axo.tell_report(d_best / "out"), rows_per_step),
+                   wall_s=best_rec["wall_s"], end_point_of=best.key)
+        t0 = time.perf_counter()
+        rec.update(self.evaluate(cell, spec, td, self.general(cell), last, d, rec, spec_dir=d_best / "out"))
+        rec["eval_s"] = round(time.perf_counter() - t0, 1)
+        rec["train_tokens"] = rec["general_tokens"] + rec["task_tokens"]
+        rec["config"] = str((d / "config.yml").relative_to(self.work))
+        rec["tell_keys"] = self.tell_keys(cell)
+        rec["created"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
         return rec
 
     def sft_best_choice(self, cell: Cell) -> dict:
@@ -409,7 +467,8 @@ class Bench:
         return self._tok
 
     def evaluate(self, cell: Cell, spec: dict, td: data.TaskData, gen: dict, adapter: Path | None, d: Path,
-                 rec: dict) -> dict:
+                 rec: dict, spec_dir: Path | None = None) -> dict:
+        """``spec_dir``: where the run's tell.json is, when ``adapter`` is one of its checkpoints."""
         cache = None
         max_new = int(cell.overrides.get("max_new_tokens") or spec["max_new_tokens"])
         if cell.method == "zero_shot":  # one evaluation of the untouched model per task setting
@@ -420,7 +479,7 @@ class Bench:
         model, tok = scoring.load(self.model, adapter if adapter and (adapter / "adapter_config.json").is_file()
                                   else None, self.device)
         anchored = cell.method in ANCHORED_METHODS
-        prompts_for = self.prompter(cell, spec, adapter, tok)
+        prompts_for = self.prompter(cell, spec, spec_dir or adapter, tok)
         out = {"prompt": "anchored" if anchored else "plain"}
         if cell.method in TELL_METHODS:
             out.update(self.val_eval(model, tok, spec, td, prompts_for, max_new))
@@ -572,6 +631,10 @@ def parse_args(argv=None):
     ap.add_argument("--work", help="work folder (configs, adapters); default bench/work/<grid>")
     ap.add_argument("--launcher", default="python", help="`axolotl train --launcher` (python | accelerate)")
     ap.add_argument("--keep-checkpoints", action="store_true", help="keep sft_best's per-epoch adapters")
+    ap.add_argument("--tell-end-from-best", action="store_true",
+                    help="record a `tell` cell from its `tell_best` twin's last checkpoint (the same training; the "
+                         "keep-best evaluations only read the model) instead of training it again: one TELL "
+                         "training per cell and seed; the twin runs first")
     ap.add_argument("--report-only", action="store_true", help="only rewrite the table and plots")
     ap.add_argument("--constant-answers", action="store_true",
                     help="add `constant_answer` (the best one-answer score on the test rows), `off_constant` (a "
@@ -700,6 +763,9 @@ def main(argv=None) -> int:
         return rescore_val(args, out, cells, results)
     done = {r["key"] for r in results["runs"]}
     todo = [c for c in cells if c.key not in done]
+    if args.tell_end_from_best:  # a tell cell whose tell_best twin is still to run waits for it (stable order)
+        waiting = {c.twin("tell").key for c in todo if c.method == "tell_best"}
+        todo.sort(key=lambda c: c.key in waiting)
     print(f"[bench] grid {args.grid}: {len(cells)} cells, {len(cells) - len(todo)} already in {out}, "
           f"{len(todo)} to run", flush=True)
     problem = model_folder_problem(args.model) if todo else None
@@ -709,6 +775,8 @@ def main(argv=None) -> int:
     bench = Bench(args) if todo else None  # nothing to run: no torch import, just the report
     start, slowest, ran, failed = time.perf_counter(), 0.0, 0, []
     for cell in todo:
+        if cell.key in done:  # recorded in this call: a tell cell read from its tell_best twin
+            continue
         if args.max_cells is not None and ran >= args.max_cells:
             print(f"[bench] --max-cells {args.max_cells} reached", flush=True)
             break
@@ -737,6 +805,26 @@ def main(argv=None) -> int:
                                         "device": bench.device_name, "profile": bench.profile})
         print(f"[bench]   score {rec['score']:.3f} ({rec['metric']})  general loss {rec['general_loss']:.3f}  "
               f"steps {rec['steps']}  train {rec['wall_s']:.0f}s  eval {rec['eval_s']:.0f}s", flush=True)
+        done.add(cell.key)
+        if args.tell_end_from_best and cell.method == "tell_best":
+            twin = cell.twin("tell")
+            if twin.key in {c.key for c in todo} and twin.key not in done:
+                print(f"[bench] {twin.key} ... (the end point of {cell.key})", flush=True)
+                try:
+                    end = bench.end_point(cell, rec)
+                    lacking = [k for k in REQUIRED_KEYS if k not in end]
+                    if lacking:
+                        raise RuntimeError(f"record lacks {lacking}")
+                    results = record_run(out, end, {"grid": args.grid, "model": Path(bench.model).name,
+                                                    "device": bench.device_name, "profile": bench.profile})
+                    done.add(twin.key)
+                    print(f"[bench]   score {end['score']:.3f} ({end['metric']})  general loss "
+                          f"{end['general_loss']:.3f}  steps {end['steps']}  eval {end['eval_s']:.0f}s", flush=True)
+                except Exception as err:  # the twin stays to run: it trains on its own
+                    failed.append(twin.key)
+                    print(f"[bench] FAILED {twin.key} (end point): {err}", file=sys.stderr, flush=True)
+                    traceback.print_exc()
+            bench.drop_checkpoints(cell)
     if results["runs"]:
         print(report.write(out))
     if failed:

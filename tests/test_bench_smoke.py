@@ -194,3 +194,30 @@ def test_the_cpu_profile_trains_bf16_only_where_the_cpu_has_it_and_names_the_cpu
     assert settings["bf16"] is (native == "1") and b.cpu_bf16(settings) is (native == "1")
     assert b.cpu.cpu in b.device_name
     assert b.device_name.endswith(f"{'' if native == '1' else 'no '}native bf16)")
+
+
+@pytest.mark.skipif(not (ROOT.parent / "shared" / "data" / "tasks").is_dir(), reason="needs ../shared/data")
+def test_tell_end_from_best_reads_tell_from_the_tell_best_runs_last_checkpoint(tiny_model, tmp_path):
+    """`--tell-end-from-best`: one training serves both cells; `tell` is scored from tell_best's last checkpoint."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    from run import END_POINT_KEEP_BEST_KEYS
+
+    out = tmp_path / "results" / "smoke.json"
+    proc = bench("--grid", "smoke", "--model", str(tiny_model), "--out", str(out), "--work", str(tmp_path / "work"),
+                 "--device", "cpu", "--methods", "tell", "tell_best", "--variants", "-", "--tell-end-from-best")
+    runs = {r["method"]: r for r in json.loads(out.read_text())["runs"]}
+    assert sorted(runs) == ["tell", "tell_best"]
+    tell, best = runs["tell"], runs["tell_best"]
+    # tell_best ran first (the grid lists tell first) and trained; the tell cell holds its config and nothing trained
+    assert proc.stdout.index(f"{best['key']} ...") < proc.stdout.index(f"{tell['key']} ... (the end point of")
+    cells = tmp_path / "work" / "cells"
+    assert (cells / "question_formation-tell-n10-s0-r2-g2" / "config.yml").is_file()
+    assert not (cells / "question_formation-tell-n10-s0-r2-g2" / "train.log").exists()
+    assert tell["end_point_of"] == best["key"] and tell["wall_s"] == best["wall_s"]
+    assert tell["steps"] == best["steps"] and tell["plan_sha256"] == best["plan_sha256"]
+    # the checkpoint scored is the last step's: the bench's validation score of it is the plugin's last evaluation
+    assert best["val_curve"][-1]["step"] == tell["steps"] and tell["val_score"] == best["val_curve"][-1]["value"]
+    # the twin records its own keys (TELL at the defaults), not the keep-best ones, and counts as that cell
+    assert tell["tell_keys"] == {k: v for k, v in best["tell_keys"].items() if k not in END_POINT_KEEP_BEST_KEYS}
+    assert "tell_keep_best" not in tell["tell_keys"] and tell["prompt"] == "anchored"
+    assert not list((cells / "question_formation-tell_best-n10-s0-r2-g2" / "out").glob("checkpoint-*"))
