@@ -19,11 +19,12 @@ THREADS=${THREADS:-1}
 . "$(dirname "$0")/gpu_streams.sh"
 NOTE=${NOTE:-"$CORES cores, 18 parallel streams"}  # bench/run.py adds the GPU's name
 
+ONE=--tell-end-from-best   # one TELL training per cell and seed: `tell` is read from tell_best's last checkpoint
 start_sync
 for n in 100 30 10; do   # the largest cells first: they are the ones no CPU can afford
   for task in question_formation opinion_sentiment fact_verification disfl_qa object_counting sports_understanding; do
-    stream "$task$n" "--tasks $task --sizes $n --seeds 0" "--tasks $task --sizes $n --seeds 1" \
-                     "--tasks $task --sizes $n --seeds 2" &
+    stream "$task$n" "--tasks $task --sizes $n --seeds 0 $ONE" "--tasks $task --sizes $n --seeds 1 $ONE" \
+                     "--tasks $task --sizes $n --seeds 2 $ONE" &
   done
 done
 finish
