@@ -49,9 +49,6 @@ SFT_BEST_CHOICE = "sft_best_choice.json"  # in an sft_best cell's folder: the ad
 SFT_FACTS = ("task_repeats", "epochs", "steps", "steps_run", "chosen_epochs", "general_tokens",
              "general_supervised_tokens", "task_tokens", "task_supervised_tokens", "precision", "steps_per_epoch",
              "rows_per_step")  # what sft_scaled's record repeats from its sft_best twin (it trains nothing itself)
-# the keys configs.keep_best_keys adds to a tell_best config (and its own output folder): the rest is its tell twin's
-END_POINT_KEEP_BEST_KEYS = ("tell_task_test_datasets", "tell_eval_generate", "tell_eval_max_new_tokens",
-                            "tell_eval_batch_size", "tell_keep_best", "save_strategy")
 # what task_eval returns beside the metrics
 TASK_EVAL_FIELDS = ("examples", "metric", "row_hits", "answer_mix", "constant_answer", "off_constant")
 REQUIRED_KEYS = ("task", "method", "task_rows", "seed", "score", "metric", "general_loss", "model", "task_repeats",
@@ -363,7 +360,7 @@ class Bench:
 
         mine = yaml.safe_load(self.tell_config_path(cell).read_text(encoding="utf-8"))  # the twin's tell_keys
         theirs = yaml.safe_load((d_best / "config.yml").read_text(encoding="utf-8"))
-        own = {"output_dir", *END_POINT_KEEP_BEST_KEYS}
+        own = {"output_dir", *configs.KEEP_BEST_KEYS}
         if {k: v for k, v in mine.items() if k not in own} != {k: v for k, v in theirs.items() if k not in own}:
             raise RuntimeError(f"{cell.key}: its config differs from {best.key}'s beyond the keep-best keys; "
                                "train it (run without --tell-end-from-best)")

@@ -200,7 +200,7 @@ def test_the_cpu_profile_trains_bf16_only_where_the_cpu_has_it_and_names_the_cpu
 def test_tell_end_from_best_reads_tell_from_the_tell_best_runs_last_checkpoint(tiny_model, tmp_path):
     """`--tell-end-from-best`: one training serves both cells; `tell` is scored from tell_best's last checkpoint."""
     sys.path.insert(0, str(ROOT / "bench"))
-    from run import END_POINT_KEEP_BEST_KEYS
+    from tellbench.configs import KEEP_BEST_KEYS
 
     out = tmp_path / "results" / "smoke.json"
     proc = bench("--grid", "smoke", "--model", str(tiny_model), "--out", str(out), "--work", str(tmp_path / "work"),
@@ -218,6 +218,6 @@ def test_tell_end_from_best_reads_tell_from_the_tell_best_runs_last_checkpoint(t
     # the checkpoint scored is the last step's: the bench's validation score of it is the plugin's last evaluation
     assert best["val_curve"][-1]["step"] == tell["steps"] and tell["val_score"] == best["val_curve"][-1]["value"]
     # the twin records its own keys (TELL at the defaults), not the keep-best ones, and counts as that cell
-    assert tell["tell_keys"] == {k: v for k, v in best["tell_keys"].items() if k not in END_POINT_KEEP_BEST_KEYS}
+    assert tell["tell_keys"] == {k: v for k, v in best["tell_keys"].items() if k not in KEEP_BEST_KEYS}
     assert "tell_keep_best" not in tell["tell_keys"] and tell["prompt"] == "anchored"
     assert not list((cells / "question_formation-tell_best-n10-s0-r2-g2" / "out").glob("checkpoint-*"))

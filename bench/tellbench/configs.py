@@ -69,6 +69,11 @@ def keep_best_keys(val_file: Path, metric: str, max_new_tokens: int, batch_size:
             "tell_keep_best": True, "save_strategy": None}  # None: the training settings' "no" goes; the plugin saves
 
 
+# the keys keep_best_keys adds to a TELL config: without them (and its output folder) a tell_best config is its tell
+# twin's (bench/run.py --tell-end-from-best checks that)
+KEEP_BEST_KEYS = tuple(keep_best_keys(Path("val.jsonl"), "exact_match", 1, 1))
+
+
 def plain_config(model, settings, *, seed, data_file, out: Path, prepared: Path, epochs: int = 1,
                  max_steps: int | None = None, ordered: bool = False, anchor: str | None = None,
                  save_every_epoch: bool = False, cpu_bf16: bool = False) -> dict:

@@ -34,10 +34,9 @@ def plugin_defaults() -> dict:
 @functools.lru_cache(maxsize=1)
 def bench_learning_rate() -> float:
     """The learning rate every bench cell trains with unless its grid block sets another (grids.yaml `training`)."""
-    import yaml
+    from .spec import load_grids
 
-    grids = yaml.safe_load((Path(__file__).resolve().parents[1] / "grids.yaml").read_text(encoding="utf-8"))
-    return float(grids["training"]["learning_rate"])
+    return float(load_grids()["training"]["learning_rate"])
 
 
 def lever_defaults() -> dict:
