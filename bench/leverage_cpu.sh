@@ -64,6 +64,10 @@ step_new10s() { for s in 1 2; do for t in ${TASKS:-object_counting sports_unders
 step_lr100() { for t in ${TASKS:-object_counting opinion_sentiment question_formation sports_understanding \
                   fact_verification disfl_qa}; do   # rule 4's learning-rate lever at 100 rows, seed 0: 2e-4 vs 5e-4
                   cells --tasks "$t" --sizes 100 --seeds 0 --methods tell --variants lr2e4; done; }
+step_s30() { for s in ${SEEDS:-1 2}; do for t in ${TASKS:-sports_understanding opinion_sentiment fact_verification \
+                  disfl_qa question_formation}; do   # seeds 1-2 at 30 rows (object_counting has 3), cheapest first:
+                  cells --tasks "$t" --sizes 30 --seeds "$s" --methods sft_best tell tell_best \
+                    --tell-end-from-best; done; done; }  # sports_understanding 1 has its sft_best; TELL from tell_best
 steps=("$@"); [ ${#steps[@]} -gt 0 ] || steps=(qf100 new10 os100)
 for s in "${steps[@]}"; do echo "== leverage_cpu step $s"; "step_$s"; done
 .venv/bin/python bench/run.py --report-only --out "$OUT" > /dev/null
