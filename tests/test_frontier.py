@@ -448,3 +448,26 @@ def test_the_learning_rate_is_a_lever_read_from_the_record_and_old_runs_trained_
     assert "learning rate vs 0.0005" in text
     row = [c.strip() for c in [x for x in text.splitlines() if x.startswith("| 0.0002 |")][0].split("|")[1:-1]]
     assert row[1] == "2" and row[2] == "+0.000 (OC10/s0 +0.04, OC10/s1 -0.04)" and row[4] == "-0.010"
+
+
+def test_seed_spread_shows_each_method_by_seed_and_whose_range_is_wider():
+    from tellbench.frontier import seed_spread
+
+    base = run("t", "zero_shot", 0, 0.0, 1.6)
+    floor = {"answer": "4", "score": 0.14}
+
+    def seeded(method, seed, score):
+        r = {**run("t", method, seed, score, 1.6, frontier=[]), "constant_answer": floor}
+        return {**tell_run(10, 20), **r} if method == "tell" else r
+
+    runs = [base, seeded("sft_best", 0, 0.22), seeded("sft_best", 1, 0.30), seeded("sft_best", 2, 0.23),
+            seeded("tell", 0, 0.24), seeded("tell", 1, 0.19), seeded("tell", 2, 0.22),
+            seeded("tell", 2, 0.24),  # seed 2 trained twice: it counts once, at its mean 0.23
+            seeded("tell_best", 0, 0.24)]
+    text = seed_spread(runs)
+    row = text.splitlines()[2]
+    assert row == ("| t | 10 | s0 0.22 s1 0.30 s2 0.23 (range 0.08) | s0 0.24 s1 0.19 s2 0.23 (range 0.05) | "
+                   "s0 0.24 | s0 +0.02 s1 -0.11 s2 +0.00 | no |")
+    assert text.endswith("wider than `sft_best`'s in 0 of 1 cells above the constant answer and in 0 of 0 at it.")
+    # a single seed per method: nothing to spread
+    assert seed_spread([base, seeded("sft_best", 0, 0.22), seeded("tell", 0, 0.24)]) == ""

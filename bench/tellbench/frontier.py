@@ -361,6 +361,49 @@ def goal(runs: list[dict]) -> str:
     return "\n".join(lines)
 
 
+SPREAD_METHODS = ("sft_best", "TELL (defaults)", "tell_best")
+
+
+def _by_seed(point: dict) -> dict:
+    """{seed: mean score} of one method in one cell (a seed run twice counts once, at its mean)."""
+    seeds = defaultdict(list)
+    for seed, score in zip(point["seed"], point["score"]):
+        seeds[seed].append(score)
+    return {seed: statistics.mean(scores) for seed, scores in seeds.items()}
+
+
+def seed_spread(runs: list[dict]) -> str:
+    """Issue 24's seed spread: per cell with 2+ seeds, each method's score by seed and its range (max - min), and
+    TELL minus ``sft_best`` seed by seed; then how often TELL's range is the wider one. A wide gap swing with a
+    narrow TELL range says the spread is ``sft_best``'s, not TELL's. Empty when no cell has two seeds."""
+    lines, wider, found = [], {True: [0, 0], False: [0, 0]}, constant_floors(runs)
+    for (task, rows), cell in sorted(points(runs).items()):
+        floor = at_the_floor(cell, found.get((task, rows)))
+        seeded = {m: _by_seed(cell[m]) for m in SPREAD_METHODS if m in cell}
+        if max((len(v) for v in seeded.values()), default=0) < 2:
+            continue
+        columns = []
+        for m in SPREAD_METHODS:
+            scores = seeded.get(m, {})
+            shown = " ".join(f"s{seed} {scores[seed]:.2f}" for seed in sorted(scores))
+            columns.append(f"{shown} (range {max(scores.values()) - min(scores.values()):.2f})"
+                           if len(scores) > 1 else shown or "–")
+        best, tell = seeded.get("sft_best", {}), seeded.get("TELL (defaults)", {})
+        both = sorted(set(best) & set(tell))
+        gaps = " ".join(f"s{seed} {round(tell[seed] - best[seed], 2) + 0.0:+.2f}" for seed in both) or "–"  # no -0.00
+        if len(best) > 1 and len(tell) > 1:
+            wider[floor][0] += (max(tell.values()) - min(tell.values())) > (max(best.values()) - min(best.values()))
+            wider[floor][1] += 1
+        lines.append(f"| {task} | {rows} | " + " | ".join(columns) + f" | {gaps} | {'yes' if floor else 'no'} |")
+    if not lines:
+        return ""
+    return "\n".join(["| task | rows | sft_best by seed | TELL (defaults) by seed | tell_best by seed | "
+                      "TELL − sft_best by seed | at the constant answer |", "|---|---:|---|---|---|---|---|",
+                      *lines, "", f"Where both have 2+ seeds, TELL's range is wider than `sft_best`'s in "
+                      f"{wider[False][0]} of {wider[False][1]} cells above the constant answer and in "
+                      f"{wider[True][0]} of {wider[True][1]} at it."])
+
+
 PEERS = ("sft_scaled", "tell_no_anchor")  # issue 24: what a user would do instead to keep general skill
 
 

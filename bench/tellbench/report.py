@@ -230,6 +230,11 @@ def write(results_path: Path) -> str:
             frontier_part += ("## Data efficiency\n\nTELL at N task rows against `sft_best` trained on at least "
                               f"{frontier.EFFICIENCY}N rows of the same task (means over seeds; in brackets: TELL "
                               "minus `sft_best`).\n\n" + efficiency + "\n\n")
+        spread = frontier.seed_spread(runs)
+        if spread:
+            frontier_part += ("## Seed spread\n\nEach method's test score by seed (each seed draws other task "
+                              "rows, validation rows and general mix) and its range; the last column pairs TELL with "
+                              "`sft_best` on the same seed.\n\n" + spread + "\n\n")
         peaks = frontier.val_peaks(runs)
         if peaks:
             frontier_part += ("## Where TELL's validation peaks\n\nEach `tell_best` run (TELL at the defaults, "
