@@ -471,3 +471,27 @@ def test_seed_spread_shows_each_method_by_seed_and_whose_range_is_wider():
     assert text.endswith("wider than `sft_best`'s in 0 of 1 cells above the constant answer and in 0 of 0 at it.")
     # a single seed per method: nothing to spread
     assert seed_spread([base, seeded("sft_best", 0, 0.22), seeded("tell", 0, 0.24)]) == ""
+
+
+def test_goal_summary_counts_the_cells_with_three_seeds_and_which_half_of_the_goal_each_meets():
+    from tellbench.frontier import goal_summary
+
+    base = run("t", "zero_shot", 0, 0.0, 1.6)
+
+    def seeded(task, method, seed, score, loss=1.55):
+        r = {**run(task, method, seed, score, loss, frontier=[])}
+        return {**tell_run(10, 20), **r} if method == "tell" else r
+
+    runs = [base, {**base, "task": "u"}]
+    for seed in range(3):  # t: TELL within a point of sft_best, tell_best +3 points; u: TELL 5 under, 2 seeds only
+        runs += [seeded("t", "sft_best", seed, 0.60, 2.5), seeded("t", "tell", seed, 0.595),
+                 seeded("t", "tell_best", seed, 0.63)]
+    for seed in range(2):
+        runs += [seeded("u", "sft_best", seed, 0.60, 2.5), seeded("u", "tell", seed, 0.55)]
+    text = goal_summary(runs)
+    assert text.startswith("Cells with 3+ seeds of `sft_best` and TELL: 1 of 2 (t 10); TELL's goal (score and "
+                           "general loss) met on 1 (t 10);")
+    assert "its goal met on 1 (t 10), unreachable on 0" in text
+    # TELL's general loss over the base + 0.02 fails its half even at the same score
+    runs = [r if r["method"] != "tell" or r["task"] != "t" else {**r, "general_loss": 1.65} for r in runs]
+    assert "TELL's goal (score and general loss) met on 0;" in goal_summary(runs)

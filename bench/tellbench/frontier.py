@@ -404,6 +404,44 @@ def seed_spread(runs: list[dict]) -> str:
                       f"{wider[True][0]} of {wider[True][1]} at it."])
 
 
+def goal_summary(runs: list[dict], seeds_needed: int = 3) -> str:
+    """One paragraph under the goal table: the cells with ``seeds_needed`` seeds of ``sft_best`` and TELL, how many
+    of them meet TELL's half of issue 24's goal (score and general loss together), and, where ``tell_best`` has as
+    many seeds, its half; the cells among them that sit at the constant answer."""
+    found = constant_floors(runs)
+    full, tell_met, kept_full, best_met, ceiling, floor, cells = [], [], [], [], [], [], 0
+    for (task, rows), cell in sorted(points(runs).items()):
+        best, tell, kept = cell.get("sft_best"), cell.get("TELL (defaults)"), cell.get("tell_best")
+        if not best or not tell:
+            continue
+        cells += 1
+        if min(len(_by_seed(best)), len(_by_seed(tell))) < seeds_needed:
+            continue
+        name = f"{task} {rows}"
+        full.append(name)
+        bs = _ms(best["score"])[0]
+        if _ms(tell["score"])[0] - bs >= -SCORE_TOLERANCE and _ms(tell["delta"])[0] <= LOSS_TOLERANCE:
+            tell_met.append(name)
+        if at_the_floor(cell, found.get((task, rows))):
+            floor.append(name)
+        if not kept or len(_by_seed(kept)) < seeds_needed:
+            continue
+        kept_full.append(name)
+        if _ms(kept["score"])[0] - bs >= BEST_MARGIN - 1e-9 and _ms(kept["delta"])[0] <= LOSS_TOLERANCE:
+            best_met.append(name)
+        elif bs > 1.0 - BEST_MARGIN + 1e-9:
+            ceiling.append(name)
+
+    def listed(names):
+        return f"{len(names)}" + (f" ({', '.join(names)})" if names else "")
+
+    return (f"Cells with {seeds_needed}+ seeds of `sft_best` and TELL: {len(full)} of {cells}"
+            + (f" ({', '.join(full)}); TELL's goal (score and general loss) met on {listed(tell_met)}; at the "
+               f"constant answer: {listed(floor)}. With {seeds_needed}+ seeds of `tell_best` too: "
+               f"{listed(kept_full)}; its goal met on {listed(best_met)}, unreachable on {listed(ceiling)} "
+               f"(`sft_best` within {BEST_MARGIN:g} of the ceiling)." if full else "."))
+
+
 PEERS = ("sft_scaled", "tell_no_anchor")  # issue 24: what a user would do instead to keep general skill
 
 

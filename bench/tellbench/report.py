@@ -211,6 +211,7 @@ def write(results_path: Path) -> str:
                          "TELL at the plugin's current defaults vs `sft_best` (mean over seeds): within "
                          f"{frontier.SCORE_TOLERANCE:g} of its score, general loss within "
                          f"{frontier.LOSS_TOLERANCE:g} nats of the base model's.\n\n" + frontier.goal(runs) + "\n\n"
+                         + frontier.goal_summary(runs) + "\n\n"
                          + (f"![frontier]({picture.name})\n\n" if picture else ""))
         peer_table = frontier.peers(runs)
         if peer_table:
