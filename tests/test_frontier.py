@@ -167,7 +167,7 @@ def weighted(task, rows, seed, weight, val, score, loss, **extra) -> dict:
 
 
 def test_lever_choice_weight_pairs_each_weight_with_the_default_on_validation_rows():
-    from tellbench.frontier import lever_choice
+    from tellbench.validation import lever_choice
 
     qf = "question_formation"
     base = {"method": "zero_shot", "task": qf, "task_rows": 10, "seed": 0, "score": 0.0, "general_loss": 1.6}
@@ -192,7 +192,7 @@ def test_lever_choice_weight_pairs_each_weight_with_the_default_on_validation_ro
 
 
 def test_lever_choice_weight_counts_validation_rows_won_and_lost_with_a_sign_test():
-    from tellbench.frontier import lever_choice, sign_test
+    from tellbench.validation import lever_choice, sign_test
 
     runs = [weighted("question_formation", 10, 0, 3.0, 0.5, 0.9, 1.5, val_row_hits="1100"),
             weighted("question_formation", 10, 0, 10.0, 0.75, 0.9, 1.5, val_row_hits="1011")]
@@ -204,14 +204,14 @@ def test_lever_choice_weight_counts_validation_rows_won_and_lost_with_a_sign_tes
 
 
 def test_lever_choice_weight_is_empty_without_validation_scores():
-    from tellbench.frontier import lever_choice
+    from tellbench.validation import lever_choice
 
     assert lever_choice([weighted("question_formation", 10, 0, 3.0, None, 0.9, 1.5),
                           weighted("question_formation", 10, 0, 10.0, None, 0.9, 1.5)], "tell_task_loss_weight") == ""
 
 
 def test_lever_choice_pairs_ratio_and_spread_runs_with_the_defaults_and_shows_their_cost():
-    from tellbench.frontier import lever_choice
+    from tellbench.validation import lever_choice
 
     os_ = "opinion_sentiment"
 
@@ -261,7 +261,8 @@ def test_compare_devices_lines_up_the_seeds_both_machines_ran(tmp_path):
 def test_a_task_loss_share_run_is_one_lever_paired_with_the_default_weight_run():
     """A share run's weight resolves to 1: it differs from the defaults by the share alone (the share replaces the
     weight), so it pairs with the default run, and it is neither a default run nor a weight-lever run."""
-    from tellbench.frontier import at_defaults_but, lever_choice
+    from tellbench.frontier import at_defaults_but
+    from tellbench.validation import lever_choice
 
     qf = "question_formation"
     default = weighted(qf, 10, 0, 3.0, 0.80, 0.90, 1.5)
@@ -333,7 +334,7 @@ def test_a_cell_where_no_method_clears_the_constant_answer_ranks_no_method():
 
 
 def test_lever_choice_leaves_out_pairs_where_both_runs_sit_at_the_validation_floor():
-    from tellbench.frontier import lever_choice
+    from tellbench.validation import lever_choice
 
     floor = {"val_constant_answer": {"answer": "plausible", "score": 0.5}, "val_rows": 50}
     st, qf = "sports_understanding", "question_formation"
@@ -352,7 +353,7 @@ def test_lever_choice_leaves_out_pairs_where_both_runs_sit_at_the_validation_flo
 
 
 def test_val_peaks_places_each_tell_best_peak_and_counts_late_ones_above_the_floor():
-    from tellbench.frontier import val_peaks
+    from tellbench.validation import val_peaks
 
     def kept(seed, values, steps=70, score=0.40, **extra):
         curve = [{"step": 10 * (i + 1), "value": v} for i, v in enumerate(values)]
@@ -376,7 +377,7 @@ def test_val_peaks_places_each_tell_best_peak_and_counts_late_ones_above_the_flo
 
 
 def test_lever_choice_pairs_repeats_by_the_repeats_each_run_trained_with():
-    from tellbench.frontier import lever_choice
+    from tellbench.validation import lever_choice
 
     oc = "object_counting"
 
@@ -425,7 +426,8 @@ def test_off_constant_splits_hits_on_the_rows_the_constant_answer_misses():
 
 
 def test_the_learning_rate_is_a_lever_read_from_the_record_and_old_runs_trained_at_the_base_rate():
-    from tellbench.frontier import bench_learning_rate, lever_choice, levers_off_default
+    from tellbench.frontier import bench_learning_rate, levers_off_default
+    from tellbench.validation import lever_choice
 
     base = bench_learning_rate()
     assert base == 5e-4  # grids.yaml `training`: the rate every record without `learning_rate` trained at

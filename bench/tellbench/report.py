@@ -200,7 +200,7 @@ def write(results_path: Path) -> str:
     pics = "".join(f"![{p.name}]({p.name})\n" for p in made)
     frontier_part = ""
     if any(r.get("frontier") or r["method"] == "sft_best" for r in runs):  # sft_curve: false runs carry no curve
-        from tellbench import frontier
+        from tellbench import frontier, validation
 
         try:
             picture = frontier.plot(runs, Path(f"{stem}_frontier.png"))
@@ -236,7 +236,7 @@ def write(results_path: Path) -> str:
             frontier_part += ("## Seed spread\n\nEach method's test score by seed (each seed draws other task "
                               "rows, validation rows and general mix) and its range; the last column pairs TELL with "
                               "`sft_best` on the same seed.\n\n" + spread + "\n\n")
-        peaks = frontier.val_peaks(runs)
+        peaks = validation.val_peaks(runs)
         if peaks:
             frontier_part += ("## Where TELL's validation peaks\n\nEach `tell_best` run (TELL at the defaults, "
                               "evaluated on the validation rows 7 times and at its last step): a peak late in the run "
@@ -246,7 +246,7 @@ def write(results_path: Path) -> str:
                              ("tell_spread", "Spread"),
                              ("tell_task_loss_share", "Task loss share (instead of the weight)"),
                              ("tell_task_repeats", "Task repeats"), ("learning_rate", "Learning rate")):
-            choice = frontier.lever_choice(runs, lever)
+            choice = validation.lever_choice(runs, lever)
             if choice:  # a default is chosen on validation rows, as sft_best's epoch is
                 frontier_part += (f"## {title}, chosen on validation rows\n\nEach value against the current "
                                   "default on the same task, rows and seed (everything else at the defaults); the "

@@ -1,0 +1,134 @@
+"""What the validation rows say about TELL runs (issue 24): where each ``tell_best`` run's validation curve peaked,
+and each lever's value against the default on the same cell and seed, read on validation scores only (BENCHMARKS'
+decision rules: a default is chosen on rows the reported test score never sees)."""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections import defaultdict
+
+from .frontier import (BENCH_TELL_KEYS, FLOOR_SE, LEVERS, at_defaults_but, floor_reach, is_default_tell,
+                       lever_defaults)
+
+LATE = 2 / 3  # a validation peak "late" in a run: at or after two thirds of its steps
+
+
+def is_default_tell_best(run: dict) -> bool:
+    """A ``tell_best`` run whose training was TELL at the defaults (its extra keys only choose the checkpoint)."""
+    if run.get("method") != "tell_best":
+        return False
+    keys = {k: v for k, v in (run.get("tell_keys") or {}).items() if k in BENCH_TELL_KEYS or k in LEVERS}
+    return is_default_tell({**run, "method": "tell", "tell_keys": keys})
+
+
+def val_peaks(runs: list[dict]) -> str:
+    """Where each default ``tell_best`` run's validation curve peaked: a peak late in the run says the run could
+    have trained longer (the repeats lever), an early one that it went past its best (what ``tell_best`` keeps).
+    Per run: its curve, the first step of the maximum (and its share of the run), the end minus the peak, the kept
+    checkpoint's test score against TELL's end point on the same seed; then, per row count, how many peaked late.
+    Runs whose validation scores all sit at the floor (``at_the_val_floor``) or whose curve is flat are shown, not
+    counted. Empty when no run has a curve."""
+    ends = {(r["task"], r["task_rows"], r["seed"]): r for r in runs if is_default_tell(r)}
+    lines, late = [], defaultdict(lambda: [0, 0])
+    for r in sorted((r for r in runs if is_default_tell_best(r) and r.get("val_curve") and r.get("steps")),
+                    key=lambda r: (r["task_rows"], r["task"], r["seed"])):
+        curve = r["val_curve"]
+        top = max(p["value"] for p in curve)
+        peak = next(p["step"] for p in curve if p["value"] == top)
+        share = peak / float(r["steps"])
+        floor = at_the_val_floor({**r, "val_score": top})
+        flat = top == min(p["value"] for p in curve)  # e.g. 1.00 from the first evaluation: no peak to place
+        if not floor and not flat:
+            late[r["task_rows"]][0] += share >= LATE
+            late[r["task_rows"]][1] += 1
+        end = ends.get((r["task"], r["task_rows"], r["seed"]))
+        versus = "–" if end is None else f"{r['score']:.2f} vs {end['score']:.2f} ({r['score'] - end['score']:+.2f})"
+        lines.append(f"| {r['task']} | {r['task_rows']} | {r['seed']} | {r['steps']} | "
+                     + " ".join(f"{p['value']:.2f}" for p in curve) + f" | {peak} ({share:.0%})"
+                     + (" late" if share >= LATE else "") + f" | {curve[-1]['value'] - top:+.2f} | {versus} | "
+                     + ("at the floor, not counted" if floor else "flat, not counted" if flat else "counted") + " |")
+    if not lines:
+        return ""
+    summary = "; ".join(f"{rows} rows: {k} of {n}" for rows, (k, n) in sorted(late.items()))
+    return "\n".join(["| task | rows | seed | steps | validation curve | peak step (share of run) | end − peak | "
+                      "tell_best test vs TELL's end point | read |", "|---|---:|---:|---:|---|---|---:|---|---|",
+                      *lines, "", f"Peaked at or after {LATE:.0%} of the run (counted runs): {summary}."])
+
+
+def lever_runs(runs: list[dict], lever: str) -> dict:
+    """{(task, rows, seed): {value: run}} for TELL runs that differ from the defaults in ``lever`` alone (or not at all)."""
+    out = defaultdict(dict)
+    for r in runs:
+        if at_defaults_but(r, lever):
+            out[(r["task"], r["task_rows"], r["seed"])][LEVERS[lever][1](r)] = r
+    return out
+
+
+def sign_test(won: int, lost: int) -> float:
+    """Exact two-sided sign test (McNemar) on the discordant rows: how often a fair coin splits this unevenly."""
+    n, k = won + lost, min(won, lost)
+    if n == 0:
+        return 1.0
+    return min(1.0, 2 * sum(math.comb(n, i) for i in range(k + 1)) / 2 ** n)
+
+
+def _initials(task: str) -> str:
+    """question_formation -> QF: short enough for one table cell per paired run."""
+    return "".join(word[:1] for word in task.split("_")).upper()
+
+
+def at_the_val_floor(*tell_runs: dict) -> bool:
+    """True when every one of these runs' validation scores is within ``FLOOR_SE`` standard errors of the validation
+    rows' constant answer: a pair of such runs compares noise around the floor, and BENCHMARKS' decision rule (5)
+    leaves it out of a lever's choice. False when a run has no recorded floor (older runs: counted, as before)."""
+    for r in tell_runs:
+        floor = r.get("val_constant_answer")
+        if not floor or r.get("val_score") is None or not r.get("val_rows"):
+            return False
+        if floor_reach({**floor, "n": r["val_rows"]}, r["val_score"]) > FLOOR_SE:
+            return False
+    return True
+
+
+def lever_choice(runs: list[dict], lever: str) -> str:
+    """Each value of one lever against the current default on the same (task, rows, seed), everything else at the
+    defaults: validation gain (what a default is chosen on), test gain, general loss and cost in steps. Empty when no
+    value but the default has validation scores."""
+    name, _ = LEVERS[lever]
+    by_seed = lever_runs(runs, lever)
+    default = lever_defaults()[lever]
+    base = {r["task"]: r["general_loss"] for r in runs if r["method"] == "zero_shot" and r.get("general_loss")}
+    values = sorted({v for runs_ in by_seed.values() for v in runs_} - {default})  # one lever: one type
+    show = (lambda v: f"{v:g}") if isinstance(default, float) else str
+    lines = [f"| {name} vs {show(default)} | paired runs (task, rows, seed) | validation gain (mean, per run) | "
+             "validation rows won / lost (sign test) | test gain (mean) | Δ general, worst run (this / "
+             f"{show(default)}) | steps, mean (this / {show(default)}) |", "|---:|---|---|---|---:|---:|---:|"]
+    for v in values:
+        pairs = [(key, rs[v], rs[default]) for key, rs in sorted(by_seed.items())
+                 if v in rs and default in rs and "val_score" in rs[v] and "val_score" in rs[default]]
+        floored = [p for p in pairs if at_the_val_floor(p[1], p[2])]
+        pairs = [p for p in pairs if p not in floored]
+        if not pairs:
+            if floored:
+                lines.append(f"| {show(v)} | 0 (+{len(floored)} at the floor, not counted) | – | – | – | – | – |")
+            continue
+        val = [a["val_score"] - b["val_score"] for _, a, b in pairs]
+        test = [a["score"] - b["score"] for _, a, b in pairs]
+        worst = [max((run["general_loss"] - base[run["task"]] for run in side if run["task"] in base), default=None)
+                 for side in ([a for _, a, _ in pairs], [b for _, _, b in pairs])]
+        each = ", ".join(f"{_initials(t)}{n}/s{s} {x:+.2f}" for ((t, n, s), _, _), x in zip(pairs, val))
+        won = lost = 0
+        for _, a, b in pairs:  # rows one got right and the other wrong, over every pair that kept its rows' hits
+            if a.get("val_row_hits") and len(a["val_row_hits"]) == len(b.get("val_row_hits") or ""):
+                won += sum(x == "1" and y == "0" for x, y in zip(a["val_row_hits"], b["val_row_hits"]))
+                lost += sum(x == "0" and y == "1" for x, y in zip(a["val_row_hits"], b["val_row_hits"]))
+        rows = f"+{won} / −{lost} (p = {sign_test(won, lost):.2g})" if won + lost else "–"
+        steps = [statistics.mean(float(side["steps"]) for side in group) if all("steps" in g for g in group) else None
+                 for group in ([a for _, a, _ in pairs], [b for _, _, b in pairs])]
+        counted = f"{len(pairs)}" + (f" (+{len(floored)} at the floor, not counted)" if floored else "")
+        lines.append(f"| {show(v)} | {counted} | {statistics.mean(val):+.3f} ({each}) | {rows} | "
+                     f"{statistics.mean(test):+.3f} | "
+                     + " / ".join("–" if x is None else f"{x:+.3f}" for x in worst) + " | "
+                     + " / ".join("–" if x is None else f"{x:.0f}" for x in steps) + " |")
+    return "\n".join(lines) if len(lines) > 2 else ""
