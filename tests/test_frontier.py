@@ -497,3 +497,16 @@ def test_goal_summary_counts_the_cells_with_three_seeds_and_which_half_of_the_go
     # TELL's general loss over the base + 0.02 fails its half even at the same score
     runs = [r if r["method"] != "tell" or r["task"] != "t" else {**r, "general_loss": 1.65} for r in runs]
     assert "TELL's goal (score and general loss) met on 0;" in goal_summary(runs)
+
+
+def test_a_gap_of_exactly_one_point_over_seeds_meets_the_goal_despite_float_rounding():
+    from tellbench.frontier import goal_summary
+
+    base = run("t", "zero_shot", 0, 0.0, 1.6)
+    runs = [base]
+    # object_counting 10 rows, twelfth session: means 0.11666… and 0.12666…, a gap of -0.0100000000000000x in floats
+    for seed, (best, tell) in enumerate([(0.07, 0.09), (0.18, 0.15), (0.13, 0.11)]):
+        runs += [run("t", "sft_best", seed, best, 2.5, frontier=[]),
+                 {**tell_run(10, 20), **run("t", "tell", seed, tell, 1.59)}]
+    assert "task met" in goal(runs).splitlines()[-1]
+    assert "TELL's goal (score and general loss) met on 1 (t 10)" in goal_summary(runs)

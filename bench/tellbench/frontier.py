@@ -16,6 +16,7 @@ from collections import defaultdict
 from pathlib import Path
 
 SCORE_TOLERANCE = 0.01  # "within 1 point"
+EPS = 1e-9  # means of scores in hundredths: a gap of exactly one point is -0.010000000000000002 in floats
 BEST_MARGIN = 0.02  # issue 24: the validation-chosen TELL (tell_best) at least 2 points above sft_best
 LOSS_TOLERANCE = 0.02  # nats
 
@@ -345,8 +346,8 @@ def goal(runs: list[dict]) -> str:
         bd, td = _ms(best["delta"])[0], _ms(tell["delta"])[0]
         gap = ts - bs
         se, how = gap_noise(tell, best)
-        verdict = "met" if gap >= -SCORE_TOLERANCE else f"missed ({gap:+.3f})"
-        if gap < -SCORE_TOLERANCE and se is not None and -gap <= 2 * se:
+        verdict = "met" if gap >= -SCORE_TOLERANCE - EPS else f"missed ({gap:+.3f})"
+        if gap < -SCORE_TOLERANCE - EPS and se is not None and -gap <= 2 * se:
             verdict += ", inside 2 SE of the test set's noise"
         parts = ["task " + verdict,
                  "TELL keeps general " + ("yes" if td <= LOSS_TOLERANCE else f"no (+{td:.3f})"),
@@ -420,16 +421,16 @@ def goal_summary(runs: list[dict], seeds_needed: int = 3) -> str:
         name = f"{task} {rows}"
         full.append(name)
         bs = _ms(best["score"])[0]
-        if _ms(tell["score"])[0] - bs >= -SCORE_TOLERANCE and _ms(tell["delta"])[0] <= LOSS_TOLERANCE:
+        if _ms(tell["score"])[0] - bs >= -SCORE_TOLERANCE - EPS and _ms(tell["delta"])[0] <= LOSS_TOLERANCE:
             tell_met.append(name)
         if at_the_floor(cell, found.get((task, rows))):
             floor.append(name)
         if not kept or len(_by_seed(kept)) < seeds_needed:
             continue
         kept_full.append(name)
-        if _ms(kept["score"])[0] - bs >= BEST_MARGIN - 1e-9 and _ms(kept["delta"])[0] <= LOSS_TOLERANCE:
+        if _ms(kept["score"])[0] - bs >= BEST_MARGIN - EPS and _ms(kept["delta"])[0] <= LOSS_TOLERANCE:
             best_met.append(name)
-        elif bs > 1.0 - BEST_MARGIN + 1e-9:
+        elif bs > 1.0 - BEST_MARGIN + EPS:
             ceiling.append(name)
 
     def listed(names):
@@ -509,10 +510,10 @@ def _best_columns(cell: dict) -> str:
         return f"{_fmt(*_ms(kept['score']))} | –"
     bs = _ms(best["score"])[0]
     gap = ks - bs
-    verdict = "met" if gap >= BEST_MARGIN - 1e-9 and kd <= LOSS_TOLERANCE else "missed"
+    verdict = "met" if gap >= BEST_MARGIN - EPS and kd <= LOSS_TOLERANCE else "missed"
     if kd > LOSS_TOLERANCE:
         verdict += f"; general loss +{kd:.3f} over the base"
-    if verdict.startswith("missed") and bs > 1.0 - BEST_MARGIN + 1e-9:  # no score can clear sft_best by 2 points
+    if verdict.startswith("missed") and bs > 1.0 - BEST_MARGIN + EPS:  # no score can clear sft_best by 2 points
         verdict += f"; unreachable: sft_best at {bs:.3f}, the ceiling"
     return f"{_fmt(*_ms(kept['score']))} | {gap:+.3f} ({verdict})"
 
