@@ -510,3 +510,18 @@ def test_a_gap_of_exactly_one_point_over_seeds_meets_the_goal_despite_float_roun
                  {**tell_run(10, 20), **run("t", "tell", seed, tell, 1.59)}]
     assert "task met" in goal(runs).splitlines()[-1]
     assert "TELL's goal (score and general loss) met on 1 (t 10)" in goal_summary(runs)
+
+
+@pytest.mark.parametrize("name", ["leverage_cpu", "frontier_cpu"])
+def test_the_committed_report_is_what_its_results_file_renders(monkeypatch, tmp_path, name):
+    """The tables README and BENCHMARKS quote come from these files: rendering the committed JSON again must give the
+    committed .md, so a change of the reading (e.g. the goal's rounding) cannot leave a stale table behind."""
+    import shutil
+
+    from tellbench import report
+
+    monkeypatch.undo()  # the real plugin defaults, as the committed reports were rendered with
+    results = Path(__file__).resolve().parent.parent / "bench" / "results"
+    shutil.copy(results / f"{name}.json", tmp_path / f"{name}.json")
+    report.write(tmp_path / f"{name}.json")
+    assert (tmp_path / f"{name}.md").read_text(encoding="utf-8") == (results / f"{name}.md").read_text(encoding="utf-8")
