@@ -525,3 +525,13 @@ def test_the_committed_report_is_what_its_results_file_renders(monkeypatch, tmp_
     shutil.copy(results / f"{name}.json", tmp_path / f"{name}.json")
     report.write(tmp_path / f"{name}.json")
     assert (tmp_path / f"{name}.md").read_text(encoding="utf-8") == (results / f"{name}.md").read_text(encoding="utf-8")
+
+
+def test_a_peer_exactly_one_point_under_tell_over_seeds_matches_it_despite_float_rounding():
+    from tellbench.frontier import peers
+
+    runs = [run("t", "zero_shot", 0, 0.0, 1.6)]
+    for seed, (tell, peer) in enumerate([(0.07, 0.09), (0.18, 0.15), (0.13, 0.11)]):
+        runs += [{**tell_run(10, 20), **run("t", "tell", seed, tell, 1.59)},
+                 run("t", "tell_no_anchor", seed, peer, 1.59)]
+    assert peers(runs).splitlines()[-1].endswith("| matches TELL on both axes |")

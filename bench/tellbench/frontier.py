@@ -466,7 +466,7 @@ def peers(runs: list[dict]) -> str:
                 continue
             ps, pd = _ms(p["score"])[0], _ms(p["delta"])[0]
             misses = []
-            if tell and ps < _ms(tell["score"])[0] - SCORE_TOLERANCE:
+            if tell and ps < _ms(tell["score"])[0] - SCORE_TOLERANCE - EPS:
                 misses.append(f"task {ps - _ms(tell['score'])[0]:+.3f} vs TELL")
             if pd > LOSS_TOLERANCE:
                 misses.append(f"general loss +{pd:.3f} over the base")
