@@ -68,6 +68,9 @@ step_s30() { for s in ${SEEDS:-1 2}; do for t in ${TASKS:-sports_understanding o
                   disfl_qa question_formation}; do   # seeds 1-2 at 30 rows (object_counting has 3), cheapest first:
                   cells --tasks "$t" --sizes 30 --seeds "$s" --methods sft_best tell tell_best \
                     --tell-end-from-best; done; done; }  # sports_understanding 1 has its sft_best; TELL from tell_best
+step_s100() { for s in ${SEEDS:-1 2}; do for t in ${TASKS:-opinion_sentiment question_formation}; do  # seeds 1-2
+                  cells --tasks "$t" --sizes 100 --seeds "$s" --methods sft_best tell tell_best \
+                    --tell-end-from-best; done; done; }  # at 100 rows on the two cells above their floors, one seed so far
 steps=("$@"); [ ${#steps[@]} -gt 0 ] || steps=(qf100 new10 os100)
 for s in "${steps[@]}"; do echo "== leverage_cpu step $s"; "step_$s"; done
 .venv/bin/python bench/run.py --report-only --out "$OUT" > /dev/null
