@@ -64,13 +64,13 @@ step_new10s() { for s in 1 2; do for t in ${TASKS:-object_counting sports_unders
 step_lr100() { for t in ${TASKS:-object_counting opinion_sentiment question_formation sports_understanding \
                   fact_verification disfl_qa}; do   # rule 4's learning-rate lever at 100 rows, seed 0: 2e-4 vs 5e-4
                   cells --tasks "$t" --sizes 100 --seeds 0 --methods tell --variants lr2e4; done; }
-step_s30() { for s in ${SEEDS:-1 2}; do for t in ${TASKS:-sports_understanding opinion_sentiment fact_verification \
-                  disfl_qa question_formation}; do   # seeds 1-2 at 30 rows (object_counting has 3), cheapest first:
-                  cells --tasks "$t" --sizes 30 --seeds "$s" --methods sft_best tell tell_best \
-                    --tell-end-from-best; done; done; }  # sports_understanding 1 has its sft_best; TELL from tell_best
-step_s100() { for s in ${SEEDS:-1 2}; do for t in ${TASKS:-opinion_sentiment question_formation}; do  # seeds 1-2
-                  cells --tasks "$t" --sizes 100 --seeds "$s" --methods sft_best tell tell_best \
-                    --tell-end-from-best; done; done; }  # at 100 rows on the two cells above their floors, one seed so far
+seeds_at() { local n=$1; shift      # sft_best, TELL and tell_best at n rows on each of SEEDS (default 1 2) and
+  for s in ${SEEDS:-1 2}; do for t in ${TASKS:-$*}; do   # TASKS (default: the tasks given), TELL read from tell_best
+    cells --tasks "$t" --sizes "$n" --seeds "$s" --methods sft_best tell tell_best --tell-end-from-best; done; done; }
+step_s30()  { seeds_at 30 sports_understanding opinion_sentiment fact_verification disfl_qa \
+                question_formation; }   # seeds 1-2 at 30 rows (object_counting has 3), cheapest first
+step_s100() { seeds_at 100 opinion_sentiment question_formation; }   # seeds 1-2 at 100 rows on the two cells above
+                                                                       # their floors with one seed so far
 steps=("$@"); [ ${#steps[@]} -gt 0 ] || steps=(qf100 new10 os100)
 for s in "${steps[@]}"; do echo "== leverage_cpu step $s"; "step_$s"; done
 .venv/bin/python bench/run.py --report-only --out "$OUT" > /dev/null
