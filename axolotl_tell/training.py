@@ -15,8 +15,8 @@ from transformers import TrainerCallback
 from axolotl_tell import compat, ranks
 from axolotl_tell.args import (DEFAULT_TASK_LOSS_WEIGHT, MEMORY_SAVING_LOSS_KEYS, config_shards_parameters,
                                resolved_task_loss_share, resolved_task_loss_weight, tensor_parallel_degree)
-from axolotl_tell.keep_best import (CHOICE_KEY, best_metric_key, choice_value, keep_best, kept_section,
-                                    later_wins_ties, reported_metric_key, steps_between_evaluations)
+from axolotl_tell.keep_best import (CHOICE_KEY, best_metric_key, choice_value, floor_margin, keep_best,
+                                    kept_section, later_wins_ties, reported_metric_key, steps_between_evaluations)
 from axolotl_tell.report import INFERENCE_FILE, write_json
 
 LOG = logging.getLogger("axolotl.tell")
@@ -196,10 +196,11 @@ class _RecordTrained(TrainerCallback):
             self.plugin.kept = kept
             if kept and kept.get("above_floor") is False and ranks.is_main_process():
                 LOG.warning("[axolotl_tell] tell_keep_best: no evaluation beat answering %r on every eval row "
-                            "(which scores %.4g on %s): the model shows no task skill the eval rows can see, so the "
-                            "latest such step (%d of %d) is kept. More task rows, or a larger model, may help.",
-                            kept["floor"]["answer"], kept["floor"]["score"], metric, kept["step"],
-                            int(state.global_step))
+                            "(which scores %.4g on %s) by more than one standard error of the eval rows (%.3g): "
+                            "the model shows no task skill the eval rows can see, so the latest such step (%d of %d) "
+                            "is kept. More task rows, more eval rows, or a larger model, may help.",
+                            kept["floor"]["answer"], kept["floor"]["score"], metric,
+                            kept["floor"].get("margin", 0.0), kept["step"], int(state.global_step))
 
 
 class _SpecIntoCheckpoints(TrainerCallback):
@@ -272,8 +273,10 @@ class _GenerateAtEval(TrainerCallback):
             self.plugin.evaluations.append({"step": int(state.global_step), "value": raw})
             compared = raw
             if self.best_key == CHOICE_KEY and "constant_answer_score" in numbers:
-                self.plugin.floor = {"answer": result.get("constant_answer"), "score": numbers["constant_answer_score"]}
-                compared = choice_value(raw, self.plugin.floor["score"])
+                score = numbers["constant_answer_score"]
+                self.plugin.floor = {"answer": result.get("constant_answer"), "score": score,
+                                     "margin": floor_margin(score, numbers.get("n"))}
+                compared = choice_value(raw, score, self.plugin.floor["margin"])
             metrics[self.best_key] = compared
             if self.ties_to_later:
                 metrics[self.best_key] = later_wins_ties(compared, self.best_raw, state.best_metric,

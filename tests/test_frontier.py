@@ -535,3 +535,47 @@ def test_a_peer_exactly_one_point_under_tell_over_seeds_matches_it_despite_float
         runs += [{**tell_run(10, 20), **run("t", "tell", seed, tell, 1.59)},
                  run("t", "tell_no_anchor", seed, peer, 1.59)]
     assert peers(runs).splitlines()[-1].endswith("| matches TELL on both axes |")
+
+
+def test_floor_margin_replay_moves_only_choices_inside_one_standard_error_of_the_floor_to_the_end_point():
+    from tellbench.validation import floor_margin_replay, floor_margin_table
+
+    def kept(seed, values, chosen, score, loss):
+        curve = [{"step": 10 * (i + 1), "value": v} for i, v in enumerate(values)]
+        keys = {**tell_run(10, 20)["tell_keys"], "tell_keep_best": True, "tell_eval_generate": "accuracy"}
+        return {**tell_run(10, 20), **run("t", "tell_best", seed, score, loss), "key": f"t|tell_best|{seed}",
+                "tell_keys": keys, "steps": 70, "val_curve": curve, "val_rows": 50, "chosen_step": chosen,
+                "chosen_floor": {"answer": "yes", "score": 0.5}}
+
+    def end(seed, score, loss, twin=True):
+        return {**tell_run(10, 20), **run("t", "tell", seed, score, loss),
+                **({"end_point_of": f"t|tell_best|{seed}"} if twin else {})}
+
+    one_row = kept(0, [0.50, 0.52, 0.48, 0.44, 0.44, 0.48, 0.48], 20, 0.50, 1.585)  # 0.52: one row of 50 over 0.50
+    clear = kept(1, [0.50, 0.70, 0.60, 0.60, 0.60, 0.60, 0.60], 20, 0.66, 1.60)  # 0.70 clears 0.5 + 0.071
+    separate = kept(2, [0.50, 0.50, 0.54, 0.50, 0.50, 0.50, 0.50], 30, 0.48, 1.62)
+    mismatch = kept(3, [0.50, 0.80, 0.60, 0.60, 0.60, 0.60, 0.60], 30, 0.70, 1.60)  # recorded step isn't the rule's
+    runs = [one_row, end(0, 0.59, 1.530), clear, end(1, 0.55, 1.55), separate, end(2, 0.52, 1.60, twin=False),
+            mismatch, end(3, 0.60, 1.58)]
+    replay = floor_margin_replay(runs)
+    rows = {x["run"]: x for x in replay["rows"]}
+    assert set(rows) == {"t 10, seed 0", "t 10, seed 1", "t 10, seed 2"}
+    assert (rows["t 10, seed 0"]["step_now"], rows["t 10, seed 0"]["step_margin"]) == (20, 70)
+    assert rows["t 10, seed 0"]["exact"] and not rows["t 10, seed 2"]["exact"]
+    assert rows["t 10, seed 1"]["step_now"] == rows["t 10, seed 1"]["step_margin"] == 20  # unchanged
+    assert replay["skipped"] == ["t 10, seed 3: a replayed choice (step 20 or 20) is neither the kept step nor the end"]
+    s = replay["summary"]
+    assert (s["runs"], s["changed"], s["exact"]) == (3, 2, 2)
+    assert s["mean_score_change"] == pytest.approx((0.09 + 0.04) / 3)
+    assert s["mean_general_change"] == pytest.approx((-0.055 - 0.02) / 3) and s["ship"] is True
+    assert s["exact_mean_score_change"] == pytest.approx(0.09 / 2)  # seeds 0 (changed) and 1 (not)
+    table = floor_margin_table(runs).splitlines()
+    assert table[2] == ("| t 10, seed 0 | 0.50 (+0.071) | 0.52 | 20 → 70 (70) | 0.50 → 0.59 | 1.585 → 1.530 | "
+                        "this run's |")
+    assert len([line for line in table if line.startswith("| t ")]) == 2  # the unchanged run is not listed
+    assert "Verdict of the rule written before the replay: ship" in table[-2]
+    worse = floor_margin_replay([one_row, end(0, 0.40, 1.530)])["summary"]
+    assert worse["ship"] is False and floor_margin_table([one_row, end(0, 0.40, 1.53)]).count("the mean test score falls")
+    assert floor_margin_table([end(0, 0.59, 1.53)]) == ""
+    with_margin = {**one_row, "chosen_floor": {"answer": "yes", "score": 0.5, "margin": 0.0707}, "chosen_step": 70}
+    assert floor_margin_replay([with_margin, end(0, 0.59, 1.53)])["skipped"] == ["t 10, seed 0: recorded with the margin"]

@@ -139,7 +139,7 @@ def test_no_evaluation_above_the_one_answer_floor_keeps_the_end_point(tmp_path, 
     assert step == 160  # not step 23, whose 0.28 is the floor's own score
     assert [m["eval_tell/exact_match"] for m in logged] == [v for _, v in AT_THE_FLOOR]  # the metric logs unchanged
     assert kept["metric"] == "eval_tell/exact_match" and kept["value"] == 0.14 and kept["is_final_step"]
-    assert kept["floor"] == {"answer": "unknown", "score": 0.28} and kept["above_floor"] is False
+    assert kept["floor"] == {"answer": "unknown", "score": 0.28, "margin": pytest.approx(0.0635, abs=1e-4)} and kept["above_floor"] is False
 
 
 def test_an_evaluation_above_the_floor_is_kept_over_the_later_ones(tmp_path, monkeypatch):
@@ -149,6 +149,30 @@ def test_an_evaluation_above_the_floor_is_kept_over_the_later_ones(tmp_path, mon
     assert step == 110 and kept["value"] == 0.6 and kept["above_floor"] is True
     step, _, _ = _keep_best_run(tmp_path, monkeypatch, [(10, 0.6), (20, 0.7), (30, 0.7), (40, 0.2)], 0.5)
     assert step == 30  # a tie above the floor still goes to the later step
+
+
+# the recorded validation curve of the benchmark's sports_understanding 30-row tell_best run, seed 2
+# (leverage_cpu.json): step 44 scored 0.52 against the floor's 0.50, one row of 50 above it; that checkpoint answered
+# "implausible" on 99 of 100 test rows (0.50) where the end point scored 0.59
+ONE_ROW_ABOVE = [(22, 0.5), (44, 0.52), (66, 0.48), (88, 0.44), (110, 0.44), (132, 0.48), (148, 0.48)]
+
+
+def test_one_row_above_the_floor_is_noise_and_keeps_the_end_point(tmp_path, monkeypatch):
+    step, logged, kept = _keep_best_run(tmp_path, monkeypatch, ONE_ROW_ABOVE, 0.5)
+    assert step == 148  # not step 44: 0.52 is inside one standard error (0.071 on 50 rows) of the floor's 0.50
+    assert kept["floor"] == {"answer": "unknown", "score": 0.5, "margin": pytest.approx(0.0707, abs=1e-4)}
+    assert kept["above_floor"] is False and kept["is_final_step"]
+    assert [m["eval_tell/keep_best"] for m in logged][:2] == [pytest.approx(0.5707, abs=1e-4)] * 2  # tied, raised
+
+
+def test_the_floor_margin_is_one_standard_error_of_the_floor_on_the_eval_rows():
+    from axolotl_tell.keep_best import choice_value, floor_margin
+
+    assert floor_margin(0.5, 50) == pytest.approx(0.070711, abs=1e-6)
+    assert floor_margin(0.28, 50) == pytest.approx(0.063498, abs=1e-6)
+    assert floor_margin(0.0, 50) == floor_margin(1.0, 50) == floor_margin(0.5, None) == 0.0  # no noise / unknown n
+    assert choice_value(0.52, 0.5, 0.0707) == pytest.approx(0.5707) and choice_value(0.58, 0.5, 0.0707) == 0.58
+    assert choice_value(0.52, 0.5) == 0.52  # no margin: the floor rule as it was
 
 
 def test_a_metric_the_user_named_is_compared_as_it_is(tmp_path, monkeypatch):
@@ -298,7 +322,8 @@ def test_the_floor_rule_replayed_on_the_recorded_benchmark_runs():
     before, changed = 0, set()
     for run in (r for r in runs if r["method"] == "tell_best"):
         floor = (run.get("chosen_floor") or run["val_constant_answer"])["score"]
-        compared = [choice_value(e["value"], floor) for e in run["val_curve"]]
+        margin = (run.get("chosen_floor") or {}).get("margin", 0.0)  # runs recorded before the margin: none
+        compared = [choice_value(e["value"], floor, margin) for e in run["val_curve"]]
         step = max(e["step"] for e, c in zip(run["val_curve"], compared) if c == max(compared))
         if run.get("chosen_floor"):
             assert run["chosen_step"] == step, run["key"]

@@ -242,6 +242,13 @@ def write(results_path: Path) -> str:
                               "evaluated on the validation rows 7 times and at its last step): a peak late in the run "
                               "says it could have trained longer, an early one that it went past its best.\n\n"
                               + peaks + "\n\n")
+        margin = validation.floor_margin_table(runs)
+        if margin:
+            frontier_part += ("## The one-answer floor with a margin, replayed\n\nEach default `tell_best` run's "
+                              "kept step re-decided from its recorded validation curve under the floor as it was "
+                              "(strict `>`) and with `tell_keep_best`'s margin of one standard error of the floor on "
+                              "the eval rows; a choice that moves goes to the run's end point, whose test score its "
+                              "TELL twin records (no training). Runs whose choice moves:\n\n" + margin + "\n\n")
         for lever, title in (("tell_task_loss_weight", "Task loss weight"), ("tell_general_ratio", "General ratio"),
                              ("tell_spread", "Spread"),
                              ("tell_task_loss_share", "Task loss share (instead of the weight)"),

@@ -132,3 +132,96 @@ def lever_choice(runs: list[dict], lever: str) -> str:
                      + " / ".join("–" if x is None else f"{x:+.3f}" for x in worst) + " | "
                      + " / ".join("–" if x is None else f"{x:.0f}" for x in steps) + " |")
     return "\n".join(lines) if len(lines) > 2 else ""
+
+
+def margin_over_floor(floor: float, n: int, standard_errors: float = 1.0) -> float:
+    """The floor-margin rule's margin: ``standard_errors`` standard errors of the floor's score on ``n`` eval rows
+    (0 where the floor is 0 or 1: no noise around it, the rule as shipped)."""
+    return standard_errors * math.sqrt(floor * (1 - floor) / n)
+
+
+def replayed_choice(curve: list[dict], threshold: float) -> int:
+    """The step ``tell_keep_best`` keeps when every evaluation at or under ``threshold`` is raised to it: the latest
+    step of the best value above it, else (all tied at the threshold) the last step. Ties go to the later step."""
+    top = max(p["value"] for p in curve)
+    if top <= threshold:
+        return curve[-1]["step"]
+    return [p["step"] for p in curve if p["value"] == top][-1]
+
+
+def floor_margin_replay(runs: list[dict], standard_errors: float = 1.0) -> dict:
+    """Re-decide every default ``tell_best`` run's kept checkpoint under the one-answer floor as shipped (strict
+    ``>``) and with a margin of ``standard_errors`` SE (BENCHMARKS, "A margin over the one-answer floor"). A rule's
+    choice can be scored only when it is the recorded kept step (the ``tell_best`` run's own score) or the last step
+    (its TELL end point: ``exact`` when the ``tell`` run is that run's end, ``end_point_of``, else the separately
+    trained ``tell`` run of the same cell and seed). Returns ``{"rows": [...], "skipped": [...], "summary": {...}}``."""
+    twins = {r["end_point_of"]: r for r in runs if r.get("method") == "tell" and r.get("end_point_of")}
+    ends = {(r["task"], r["task_rows"], r["seed"]): r for r in runs if is_default_tell(r) and not r.get("end_point_of")}
+    rows, skipped = [], []
+    for r in sorted((r for r in runs if is_default_tell_best(r) and r.get("val_curve")),
+                    key=lambda r: (r["task"], r["task_rows"], r["seed"])):
+        floor = (r.get("chosen_floor") or r.get("val_constant_answer") or {}).get("score")
+        end = twins.get(r["key"])
+        exact = end is not None
+        end = end or ends.get((r["task"], r["task_rows"], r["seed"]))
+        name = f"{r['task']} {r['task_rows']}, seed {r['seed']}"
+        if (r.get("chosen_floor") or {}).get("margin") is not None:  # chosen with the margin: nothing to replay
+            skipped.append(f"{name}: recorded with the margin")
+            continue
+        if floor is None or end is None or not r.get("val_rows"):
+            skipped.append(f"{name}: no " + ("floor" if floor is None else "eval rows" if end else "scored end point"))
+            continue
+        last = r["val_curve"][-1]["step"]
+        scored = {r.get("chosen_step"): r, last: end}
+        margin = margin_over_floor(floor, r["val_rows"], standard_errors)
+        now, new = (replayed_choice(r["val_curve"], floor + m) for m in (0.0, margin))
+        if now not in scored or new not in scored:
+            skipped.append(f"{name}: a replayed choice (step {now} or {new}) is neither the kept step nor the end")
+            continue
+        rows.append({"run": name, "exact": exact, "floor": floor, "margin": round(margin, 4),
+                     "best_val": max(p["value"] for p in r["val_curve"]), "step_now": now, "step_margin": new,
+                     "last_step": last, "score_now": scored[now]["score"], "score_margin": scored[new]["score"],
+                     "general_now": scored[now]["general_loss"], "general_margin": scored[new]["general_loss"]})
+    n = len(rows)
+    summary = {"runs": n, "changed": sum(x["step_now"] != x["step_margin"] for x in rows),
+               "exact": sum(x["exact"] for x in rows)}
+    if n:
+        summary["mean_score_change"] = sum(x["score_margin"] - x["score_now"] for x in rows) / n
+        summary["mean_general_change"] = sum(x["general_margin"] - x["general_now"] for x in rows) / n
+        summary["ship"] = summary["mean_score_change"] >= 0 and summary["mean_general_change"] <= 0
+        exact = [x for x in rows if x["exact"]]
+        if exact:  # the replays that need no second training run, reported apart
+            summary["exact_mean_score_change"] = sum(x["score_margin"] - x["score_now"] for x in exact) / len(exact)
+            summary["exact_mean_general_change"] = sum(x["general_margin"] - x["general_now"] for x in exact) / len(exact)
+    return {"rows": rows, "skipped": skipped, "summary": summary}
+
+
+def floor_margin_table(runs: list[dict], standard_errors: float = 1.0) -> str:
+    """``floor_margin_replay`` as the report's table: the runs whose choice the margin changes, then the verdict of
+    the ship test written before the replay. Empty when no run can be replayed."""
+    replay = floor_margin_replay(runs, standard_errors)
+    s = replay["summary"]
+    if not s["runs"]:
+        return ""
+    lines = ["| run | floor (+ margin) | best validation | kept step: now → with margin (last) | test score | "
+             "held-out general loss | end point |", "|---|---|---:|---|---|---|---|"]
+    for x in replay["rows"]:
+        if x["step_now"] == x["step_margin"]:
+            continue
+        lines.append(f"| {x['run']} | {x['floor']:.2f} (+{x['margin']:.3f}) | {x['best_val']:.2f} | "
+                     f"{x['step_now']} → {x['step_margin']} ({x['last_step']}) | {x['score_now']:.2f} → "
+                     f"{x['score_margin']:.2f} | {x['general_now']:.3f} → {x['general_margin']:.3f} | "
+                     + ("this run's" if x["exact"] else "separate TELL run") + " |")
+    verdict = ("ship: the mean test score does not fall and the mean general loss does not rise" if s["ship"] else
+               "do not ship: " + " and ".join(w for w, bad in (("the mean test score falls", s["mean_score_change"] < 0),
+                                                               ("the mean general loss rises",
+                                                                s["mean_general_change"] > 0)) if bad))
+    tail = [f"{s['runs']} runs replayed ({s['exact']} exact), {s['changed']} changed; mean over all replayed runs: "
+            f"test score {s['mean_score_change']:+.4f}, held-out general loss {s['mean_general_change']:+.4f}. "
+            f"Verdict of the rule written before the replay: {verdict}."]
+    if "exact_mean_score_change" in s:
+        tail[0] += (f" The {s['exact']} exact replays alone: test score {s['exact_mean_score_change']:+.4f}, held-out "
+                    f"general loss {s['exact_mean_general_change']:+.4f}.")
+    if replay["skipped"]:
+        tail.append("Not replayable: " + "; ".join(replay["skipped"]) + ".")
+    return "\n".join(lines + [""] + tail)
