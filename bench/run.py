@@ -180,6 +180,8 @@ class Bench:
                                         [data.task_message_row(spec, r) for r in td.val])
             extra.update(configs.keep_best_keys(val_file, spec["metric"], self.max_new_tokens(twin, spec),
                                                 self.batch))
+            if getattr(self.args, "general_eval_curve", False):  # Axolotl's own eval set: the held-out general rows
+                extra["test_datasets"] = [configs.chat_entry(gen["heldout"])]
         cfg = configs.tell_config(self.model, self.settings(twin), seed=twin.seed, general_pool=gen["pool"],
                                   task_file=self.task_file(twin, spec, td),
                                   anchor="auto" if twin.method == "tell_auto_anchor" else spec["anchor"],
@@ -230,6 +232,9 @@ class Bench:
                 rec.update(chosen_step=kept["step"], chosen_val_score=kept["value"],
                            val_curve=kept["evaluations"], chosen_is_final=kept["is_final_step"],
                            chosen_floor=kept.get("floor"))  # None: recorded before the floor counted
+                general_curve = axo.eval_general_curve(d / "out")
+                if general_curve:  # --general-eval-curve: the held-out general loss at each evaluation
+                    rec["val_general_curve"] = general_curve
             adapter = d / "out"
         elif method == "tell_no_anchor":
             rep, wall = self.tell_plan(cell)
@@ -632,6 +637,10 @@ def parse_args(argv=None):
                     help="record a `tell` cell from its `tell_best` twin's last checkpoint (the same training; the "
                          "keep-best evaluations only read the model) instead of training it again: one TELL "
                          "training per cell and seed; the twin runs first")
+    ap.add_argument("--general-eval-curve", action="store_true",
+                    help="tell_best cells also evaluate the held-out general rows (Axolotl's `test_datasets`) at "
+                         "each keep-best evaluation and record `val_general_curve`: where in the run the general "
+                         "loss moved (the kept choice is unchanged: it reads the task metric only)")
     ap.add_argument("--report-only", action="store_true", help="only rewrite the table and plots")
     ap.add_argument("--constant-answers", action="store_true",
                     help="add `constant_answer` (the best one-answer score on the test rows), `off_constant` (a "

@@ -221,3 +221,38 @@ def test_tell_end_from_best_reads_tell_from_the_tell_best_runs_last_checkpoint(t
     assert tell["tell_keys"] == {k: v for k, v in best["tell_keys"].items() if k not in KEEP_BEST_KEYS}
     assert "tell_keep_best" not in tell["tell_keys"] and tell["prompt"] == "anchored"
     assert not list((cells / "question_formation-tell_best-n10-s0-r2-g2" / "out").glob("checkpoint-*"))
+
+
+@pytest.mark.skipif(not (ROOT.parent / "shared" / "data" / "tasks").is_dir(), reason="needs ../shared/data")
+def test_general_eval_curve_adds_the_held_out_general_rows_to_tell_best_and_reads_their_loss_back(tiny_model,
+                                                                                                 tmp_path):
+    """--general-eval-curve: a tell_best config evaluates the held-out general rows (Axolotl's `test_datasets`) and
+    the run records `eval_tell/general_loss` per evaluation from the last checkpoint's log; off, nothing changes."""
+    import yaml
+
+    sys.path[:0] = [str(ROOT / "bench"), str(ROOT)]
+    import run as bench_run
+    from tellbench import axo
+    from tellbench.spec import expand
+
+    cell = next(c for c in expand("leverage_cpu") if c.method == "tell_best" and c.task_name == "object_counting"
+                and c.task_rows == 10 and c.seed == 2)
+    configs = {}
+    for flag in ([], ["--general-eval-curve"]):
+        b = bench_run.Bench(bench_run.parse_args(["--grid", "leverage_cpu", "--out", str(tmp_path / "r.json"),
+                                                  "--model", str(tiny_model), "--work", str(tmp_path / "w"),
+                                                  "--device", "cpu", *flag]))
+        configs[bool(flag)] = yaml.safe_load(b.tell_config_path(cell).read_text())
+    assert "test_datasets" not in configs[False]
+    assert configs[True]["test_datasets"] == [{"path": b.general(cell)["heldout"], "ds_type": "json",
+                                               "type": "chat_template"}]
+    assert {k: v for k, v in configs[True].items() if k != "test_datasets"} == configs[False]
+
+    out = tmp_path / "out"
+    for step, history in ((20, [{"step": 20, "eval_tell/general_loss": 1.70}]),
+                          (42, [{"step": 20, "eval_tell/general_loss": 1.70}, {"step": 30, "loss": 2.0},
+                                {"step": 42, "eval_tell/general_loss": 1.75, "eval_loss": 1.1}])):
+        (out / f"checkpoint-{step}").mkdir(parents=True)
+        (out / f"checkpoint-{step}" / "trainer_state.json").write_text(json.dumps({"log_history": history}))
+    assert axo.eval_general_curve(out) == [{"step": 20, "general_loss": 1.70}, {"step": 42, "general_loss": 1.75}]
+    assert axo.eval_general_curve(tmp_path / "none") == []

@@ -92,3 +92,19 @@ def steps_per_epoch(rows: int, rows_per_step: int) -> int:
 def tell_report(out: Path) -> dict | None:
     path = Path(out) / "tell_report.json"
     return json.loads(path.read_text()) if path.is_file() else None
+
+
+GENERAL_EVAL_KEY = "eval_tell/general_loss"  # the per-source eval loss on general rows (axolotl_tell.source_metrics)
+
+
+def eval_general_curve(out: Path) -> list[dict]:
+    """``[{"step", "general_loss"}]`` from the last checkpoint's trainer log: the held-out general loss at each
+    evaluation of a run whose eval set holds general rows (``--general-eval-curve``); [] when it logged none."""
+    states = sorted(Path(out).glob("checkpoint-*/trainer_state.json"),
+                    key=lambda p: int(p.parent.name.rsplit("-", 1)[-1]) if p.parent.name.rsplit("-", 1)[-1].isdigit()
+                    else -1)
+    if not states:
+        return []
+    history = json.loads(states[-1].read_text(encoding="utf-8")).get("log_history") or []
+    return [{"step": int(e["step"]), "general_loss": float(e[GENERAL_EVAL_KEY])}
+            for e in history if GENERAL_EVAL_KEY in e and "step" in e]

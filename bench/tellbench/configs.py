@@ -38,7 +38,7 @@ def _base(model: str, settings: dict, seed: int, out: Path, prepared: Path) -> d
             "output_dir": str(out), "dataset_prepared_path": str(prepared)}
 
 
-def _chat_entry(path, ds_type: str = "chat_template") -> dict:
+def chat_entry(path, ds_type: str = "chat_template") -> dict:
     return {"path": str(path), "ds_type": "json", "type": ds_type}
 
 
@@ -48,8 +48,8 @@ def tell_config(model, settings, *, seed, general_pool, task_file, anchor, task_
     cfg = _base(model, settings, seed, out, prepared)
     cfg.update({
         "plugins": ["axolotl_tell.TellPlugin"],
-        "datasets": [_chat_entry(general_pool)],
-        "tell_task_datasets": [_chat_entry(task_file)],
+        "datasets": [chat_entry(general_pool)],
+        "tell_task_datasets": [chat_entry(task_file)],
         "tell_anchor": anchor,
         "tell_anchor_placement": "auto",
         "tell_task_repeats": task_repeats,
@@ -64,7 +64,7 @@ def tell_config(model, settings, *, seed, general_pool, task_file, anchor, task_
 
 def keep_best_keys(val_file: Path, metric: str, max_new_tokens: int, batch_size: int) -> dict:
     """``tell_best``: the plugin keeps the checkpoint with the best task metric on the validation rows."""
-    return {"tell_task_test_datasets": [_chat_entry(val_file)], "tell_eval_generate": metric,
+    return {"tell_task_test_datasets": [chat_entry(val_file)], "tell_eval_generate": metric,
             "tell_eval_max_new_tokens": int(max_new_tokens), "tell_eval_batch_size": int(batch_size),
             "tell_keep_best": True, "save_strategy": None}  # None: the training settings' "no" goes; the plugin saves
 
@@ -83,10 +83,10 @@ def plain_config(model, settings, *, seed, data_file, out: Path, prepared: Path,
     if cpu_bf16:
         cfg["plugins"] = ["axolotl_tell.TellPlugin"]
     if anchor is None:
-        cfg["datasets"] = [_chat_entry(data_file)]
+        cfg["datasets"] = [chat_entry(data_file)]
     else:  # anchored SFT: the plugin's dataset strategy, no mixing (no tell_task_datasets)
         cfg["plugins"] = ["axolotl_tell.TellPlugin"]
-        cfg["datasets"] = [_chat_entry(data_file, "axolotl_tell.anchored.chat_template")]
+        cfg["datasets"] = [chat_entry(data_file, "axolotl_tell.anchored.chat_template")]
         cfg["tell_anchor"] = anchor
         cfg["tell_anchor_placement"] = "auto"
     cfg["num_epochs"] = int(epochs)
