@@ -365,8 +365,7 @@ class Bench:
 
         mine = yaml.safe_load(self.tell_config_path(cell).read_text(encoding="utf-8"))  # the twin's tell_keys
         theirs = yaml.safe_load((d_best / "config.yml").read_text(encoding="utf-8"))
-        own = {"output_dir", *configs.KEEP_BEST_KEYS, "test_datasets"}  # eval sets only read the model too
-        if {k: v for k, v in mine.items() if k not in own} != {k: v for k, v in theirs.items() if k not in own}:
+        if not configs.same_training(mine, theirs):
             raise RuntimeError(f"{cell.key}: its config differs from {best.key}'s beyond the keep-best keys; "
                                "train it (run without --tell-end-from-best)")
         last = d_best / "out" / f"checkpoint-{int(best_rec['steps'])}"

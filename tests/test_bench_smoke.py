@@ -256,3 +256,16 @@ def test_general_eval_curve_adds_the_held_out_general_rows_to_tell_best_and_read
         (out / f"checkpoint-{step}" / "trainer_state.json").write_text(json.dumps({"log_history": history}))
     assert axo.eval_general_curve(out) == [{"step": 20, "general_loss": 1.70}, {"step": 42, "general_loss": 1.75}]
     assert axo.eval_general_curve(tmp_path / "none") == []
+
+
+def test_the_end_point_check_lets_only_evaluation_keys_differ():
+    """--tell-end-from-best reads a tell cell from its tell_best twin only when both trained the same run: keep-best
+    keys and an eval set (`test_datasets`, --general-eval-curve) only read the model; a training key must match."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    from tellbench.configs import same_training
+
+    tell = {"learning_rate": 5e-4, "seed": 2, "output_dir": "a"}
+    best = {**tell, "output_dir": "b", "tell_keep_best": True, "tell_eval_generate": "exact_match",
+            "test_datasets": [{"path": "general_heldout.jsonl", "ds_type": "json", "type": "chat_template"}]}
+    assert same_training(tell, best)
+    assert not same_training(tell, {**best, "learning_rate": 2e-4})

@@ -72,6 +72,14 @@ def keep_best_keys(val_file: Path, metric: str, max_new_tokens: int, batch_size:
 # the keys keep_best_keys adds to a TELL config: without them (and its output folder) a tell_best config is its tell
 # twin's (bench/run.py --tell-end-from-best checks that)
 KEEP_BEST_KEYS = tuple(keep_best_keys(Path("val.jsonl"), "exact_match", 1, 1))
+# keys a tell_best config may add to its tell twin's and still train the same run: evaluations only read the model
+EVAL_ONLY_KEYS = frozenset({"output_dir", *KEEP_BEST_KEYS, "test_datasets"})
+
+
+def same_training(tell_cfg: dict, tell_best_cfg: dict) -> bool:
+    """True when two TELL configs differ only in ``EVAL_ONLY_KEYS`` (``--tell-end-from-best``'s check)."""
+    return ({k: v for k, v in tell_cfg.items() if k not in EVAL_ONLY_KEYS}
+            == {k: v for k, v in tell_best_cfg.items() if k not in EVAL_ONLY_KEYS})
 
 
 def plain_config(model, settings, *, seed, data_file, out: Path, prepared: Path, epochs: int = 1,

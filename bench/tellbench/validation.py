@@ -8,6 +8,8 @@ import math
 import statistics
 from collections import defaultdict
 
+from axolotl_tell.keep_best import choice_value, floor_margin
+
 from .frontier import (BENCH_TELL_KEYS, FLOOR_SE, LEVERS, at_defaults_but, floor_reach, is_default_tell,
                        lever_defaults)
 
@@ -134,27 +136,19 @@ def lever_choice(runs: list[dict], lever: str) -> str:
     return "\n".join(lines) if len(lines) > 2 else ""
 
 
-def margin_over_floor(floor: float, n: int, standard_errors: float = 1.0) -> float:
-    """The floor-margin rule's margin: ``standard_errors`` standard errors of the floor's score on ``n`` eval rows
-    (0 where the floor is 0 or 1: no noise around it, the rule as shipped)."""
-    return standard_errors * math.sqrt(floor * (1 - floor) / n)
+def replayed_choice(curve: list[dict], floor: float, margin: float) -> int:
+    """The step ``tell_keep_best`` keeps from this validation curve: the plugin's own ``choice_value`` per
+    evaluation, ties to the later step (as ``later_wins_ties`` makes the trainer do)."""
+    compared = [choice_value(p["value"], floor, margin) for p in curve]
+    return [p["step"] for p, c in zip(curve, compared) if c == max(compared)][-1]
 
 
-def replayed_choice(curve: list[dict], threshold: float) -> int:
-    """The step ``tell_keep_best`` keeps when every evaluation at or under ``threshold`` is raised to it: the latest
-    step of the best value above it, else (all tied at the threshold) the last step. Ties go to the later step."""
-    top = max(p["value"] for p in curve)
-    if top <= threshold:
-        return curve[-1]["step"]
-    return [p["step"] for p in curve if p["value"] == top][-1]
-
-
-def floor_margin_replay(runs: list[dict], standard_errors: float = 1.0) -> dict:
+def floor_margin_replay(runs: list[dict]) -> dict:
     """Re-decide every default ``tell_best`` run's kept checkpoint under the one-answer floor as shipped (strict
-    ``>``) and with a margin of ``standard_errors`` SE (BENCHMARKS, "A margin over the one-answer floor"). A rule's
+    ``>``) and with the shipped margin (BENCHMARKS, "A margin over the one-answer floor"). A rule's
     choice can be scored only when it is the recorded kept step (the ``tell_best`` run's own score) or the last step
     (its TELL end point: ``exact`` when the ``tell`` run is that run's end, ``end_point_of``, else the separately
-    trained ``tell`` run of the same cell and seed). Returns ``{"rows": [...], "skipped": [...], "summary": {...}}``."""
+    trained ``tell`` run of the same cell and seed). The margin is the plugin's ``keep_best.floor_margin``. Returns ``{"rows": [...], "skipped": [...], "summary": {...}}``."""
     twins = {r["end_point_of"]: r for r in runs if r.get("method") == "tell" and r.get("end_point_of")}
     ends = {(r["task"], r["task_rows"], r["seed"]): r for r in runs if is_default_tell(r) and not r.get("end_point_of")}
     rows, skipped = [], []
@@ -173,8 +167,8 @@ def floor_margin_replay(runs: list[dict], standard_errors: float = 1.0) -> dict:
             continue
         last = r["val_curve"][-1]["step"]
         scored = {r.get("chosen_step"): r, last: end}
-        margin = margin_over_floor(floor, r["val_rows"], standard_errors)
-        now, new = (replayed_choice(r["val_curve"], floor + m) for m in (0.0, margin))
+        margin = floor_margin(floor, r["val_rows"])
+        now, new = (replayed_choice(r["val_curve"], floor, m) for m in (0.0, margin))
         if now not in scored or new not in scored:
             skipped.append(f"{name}: a replayed choice (step {now} or {new}) is neither the kept step nor the end")
             continue
@@ -196,10 +190,10 @@ def floor_margin_replay(runs: list[dict], standard_errors: float = 1.0) -> dict:
     return {"rows": rows, "skipped": skipped, "summary": summary}
 
 
-def floor_margin_table(runs: list[dict], standard_errors: float = 1.0) -> str:
+def floor_margin_table(runs: list[dict]) -> str:
     """``floor_margin_replay`` as the report's table: the runs whose choice the margin changes, then the verdict of
     the ship test written before the replay. Empty when no run can be replayed."""
-    replay = floor_margin_replay(runs, standard_errors)
+    replay = floor_margin_replay(runs)
     s = replay["summary"]
     if not s["runs"]:
         return ""
