@@ -65,8 +65,10 @@ step_lr100() { for t in ${TASKS:-object_counting opinion_sentiment question_form
                   fact_verification disfl_qa}; do   # rule 4's learning-rate lever at 100 rows, seed 0: 2e-4 vs 5e-4
                   cells --tasks "$t" --sizes 100 --seeds 0 --methods tell --variants lr2e4; done; }
 seeds_at() { local n=$1; shift      # sft_best, TELL and tell_best at n rows on each of SEEDS (default 1 2) and
-  for s in ${SEEDS:-1 2}; do for t in ${TASKS:-$*}; do   # TASKS (default: the tasks given), TELL read from tell_best
-    cells --tasks "$t" --sizes "$n" --seeds "$s" --methods sft_best tell tell_best --tell-end-from-best; done; done; }
+  for s in ${SEEDS:-1 2}; do for t in ${TASKS:-$*}; do   # TASKS (default: the tasks given), TELL read from tell_best;
+    cells --tasks "$t" --sizes "$n" --seeds "$s" --methods sft_best tell tell_best --repeats auto --variants - \
+      --tell-end-from-best; done; done; }   # the default cells only: the lever blocks (12 repeats, w3, lr2e4) share
+                                            # the method `tell` and every seed at 100 rows
 step_s30()  { seeds_at 30 sports_understanding opinion_sentiment fact_verification disfl_qa \
                 question_formation; }   # seeds 1-2 at 30 rows (object_counting has 3), cheapest first
 step_s100() { seeds_at 100 opinion_sentiment question_formation; }   # seeds 1-2 at 100 rows on the two cells above

@@ -626,6 +626,8 @@ def parse_args(argv=None):
     ap.add_argument("--sizes", type=int, nargs="*", help="only these task_rows")
     ap.add_argument("--ratios", type=float, nargs="*", help="only these general_ratio values")
     ap.add_argument("--variants", nargs="*", help="only these block variants ('-' = the unnamed one)")
+    ap.add_argument("--repeats", nargs="*", help="only these requested task_repeats ('auto' or a number): a lever "
+                    "block of other repeats shares its variant name ('-') with the default cells")
     ap.add_argument("--max-cells", type=int, help="run at most N new cells, then stop")
     ap.add_argument("--time-budget", type=float, help="seconds; start no new cell that would likely end after it")
     ap.add_argument("--shared-data", help="where ../shared/data lives (e.g. a staged copy on the GPU machine)")
@@ -670,7 +672,8 @@ def select(cells: list[Cell], args) -> list[Cell]:
             if (not args.seeds or c.seed in args.seeds) and (not args.tasks or c.task in args.tasks)
             and (not args.methods or c.method in args.methods) and (not args.sizes or c.task_rows in args.sizes)
             and (not args.ratios or c.general_ratio in args.ratios)
-            and (not args.variants or (c.variant or "-") in args.variants)]
+            and (not args.variants or (c.variant or "-") in args.variants)
+            and (not args.repeats or str(c.task_repeats) in args.repeats)]
 
 
 def add_constant_answers(args, out: Path) -> int:

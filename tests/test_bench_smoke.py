@@ -269,3 +269,23 @@ def test_the_end_point_check_lets_only_evaluation_keys_differ():
             "test_datasets": [{"path": "general_heldout.jsonl", "ds_type": "json", "type": "chat_template"}]}
     assert same_training(tell, best)
     assert not same_training(tell, {**best, "learning_rate": 2e-4})
+
+
+def test_the_seed_steps_run_only_the_default_cells():
+    """`bench/leverage_cpu.sh s30/s100` (seeds_at) add seeds to sft_best, TELL and tell_best at the defaults; at 100
+    rows the lever blocks (12 repeats, weight 3, learning rate 2e-4) also hold `tell` cells on every seed, and the
+    step once selected them too: three unplanned lever runs per task and seed."""
+    import re
+    import shlex
+
+    sys.path[:0] = [str(ROOT / "bench"), str(ROOT)]
+    import run as bench_run
+
+    script = (ROOT / "bench" / "leverage_cpu.sh").read_text()
+    body = script[script.index("\nseeds_at() {"):script.index("\nstep_s30()")]
+    call = re.search(r'cells (--tasks "\$t" .*?); done', re.sub(r"\\\n\s*", " ", body), re.S).group(1)
+    argv = [a.replace("$t", "opinion_sentiment").replace("$n", "100").replace("$s", "1") for a in shlex.split(call)]
+    args = bench_run.parse_args(["--grid", "leverage_cpu", "--out", "unused.json", *argv])
+    chosen = bench_run.select(bench_run.expand("leverage_cpu", bench_run.load_grids(args.grids)), args)
+    assert sorted(c.key for c in chosen) == sorted(
+        f"opinion_sentiment|{m}|n=100|seed=1|r=auto|g={g}" for m, g in (("sft_best", 0), ("tell", 3), ("tell_best", 3)))
