@@ -512,7 +512,7 @@ def test_a_gap_of_exactly_one_point_over_seeds_meets_the_goal_despite_float_roun
     assert "TELL's goal (score and general loss) met on 1 (t 10)" in goal_summary(runs)
 
 
-@pytest.mark.parametrize("name", ["leverage_cpu", "frontier_cpu"])
+@pytest.mark.parametrize("name", ["leverage_cpu", "frontier_cpu", "keep_best_general_cpu"])
 def test_the_committed_report_is_what_its_results_file_renders(monkeypatch, tmp_path, name):
     """The tables README and BENCHMARKS quote come from these files: rendering the committed JSON again must give the
     committed .md, so a change of the reading (e.g. the goal's rounding) cannot leave a stale table behind."""
@@ -579,3 +579,22 @@ def test_floor_margin_replay_moves_only_choices_inside_one_standard_error_of_the
     assert floor_margin_table([end(0, 0.59, 1.53)]) == ""
     with_margin = {**one_row, "chosen_floor": {"answer": "yes", "score": 0.5, "margin": 0.0707}, "chosen_step": 70}
     assert floor_margin_replay([with_margin, end(0, 0.59, 1.53)])["skipped"] == ["t 10, seed 0: recorded with the margin"]
+
+
+def test_a_lever_run_is_its_own_retention_bar_and_curve_row_not_averaged_into_its_default():
+    """keep_best_general_cpu.json (fifteenth session): the weight-1 rerun of object_counting 10 rows seed 2 beside the
+    default's; the retention plot once averaged the two into one `tell_best` bar (1.688), hiding the lever."""
+    from tellbench.report import general_curves, retention_bars
+
+    def kept(loss, curve, variant=""):
+        return {"task": "t", "task_rows": 10, "seed": 2, "method": "tell_best", "variant": variant,
+                "general_loss": loss, "gen_check": {"ok": 0.75}, "chosen_step": 42,
+                "val_general_curve": [{"step": s, "general_loss": v} for s, v in curve]}
+
+    runs = [kept(1.716, [(6, 1.753), (12, 1.799), (42, 1.760)]), kept(1.660, [(6, 1.698), (12, 1.710)], "w1"),
+            {"task": "t", "task_rows": 10, "seed": 2, "method": "zero_shot", "variant": "", "general_loss": 1.662}]
+    assert retention_bars(runs, "t") == [("zero_shot", 1.662, 0), ("tell_best", 1.716, 0.75),
+                                         ("tell_best (w1)", 1.66, 0.75)]
+    rows = general_curves(runs).splitlines()[2:]
+    assert rows == ["| t | 10 | 2 | tell_best | 6: 1.753, 12: 1.799, 42: 1.760 | 1.799 (12) | 1.716 (42) |",
+                    "| t | 10 | 2 | tell_best (w1) | 6: 1.698, 12: 1.710 | 1.710 (12) | 1.660 (42) |"]

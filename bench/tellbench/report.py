@@ -104,18 +104,53 @@ def _line_plot(path: Path, series: dict, xlabel: str, title: str, logx: bool = F
     return path
 
 
+def method_label(run: dict) -> str:
+    """The method, with its block's variant: a lever run is its own bar or row, never averaged into its default."""
+    return f"{run['method']} ({run['variant']})" if run.get("variant") else run["method"]
+
+
+def retention_bars(runs: list[dict], task: str) -> list[tuple[str, float, float]]:
+    """(label, mean held-out general loss, mean generation-check ok) per method and variant of one task."""
+    rs = [r for r in runs if r["task"] == task]
+    order = {m: i for i, m in enumerate(METHODS)}
+    labels = sorted({method_label(r) for r in rs}, key=lambda lab: (order.get(lab.split(" (")[0], 99), lab))
+
+    def mean(values):
+        values = [v for v in values if v is not None]
+        return statistics.mean(values) if values else 0
+
+    return [(lab, mean(r.get("general_loss") for r in rs if method_label(r) == lab),
+             mean(_gen_ok(r) for r in rs if method_label(r) == lab)) for lab in labels]
+
+
+def general_curves(runs: list[dict]) -> str:
+    """Runs trained with --general-eval-curve: the held-out general loss at each keep-best evaluation, as the trainer
+    measures it (Axolotl's chat template and tokens), beside the kept checkpoint's in the bench's own measure."""
+    rows = sorted((r for r in runs if r.get("val_general_curve")),
+                  key=lambda r: (r["task"], r["task_rows"], r["seed"], method_label(r)))
+    if not rows:
+        return ""
+    lines = ["| task | rows | seed | method | trainer's held-out general loss at each evaluation (step: loss) | "
+             "highest (step) | kept checkpoint (step), bench's measure |", "|---|---:|---:|---|---|---|---:|"]
+    for r in rows:
+        curve = r["val_general_curve"]
+        top = max(curve, key=lambda p: p["general_loss"])
+        points = ", ".join(f"{p['step']}: {p['general_loss']:.3f}" for p in curve)
+        lines.append(f"| {r['task']} | {r['task_rows']} | {r['seed']} | {method_label(r)} | {points} | "
+                     f"{top['general_loss']:.3f} ({top['step']}) | {r['general_loss']:.3f} ({r.get('chosen_step', '?')}) |")
+    return "\n".join(lines)
+
+
 def _bar_plot(path: Path, runs: list[dict], title: str) -> Path:
-    """Held-out general loss and the generation check, per task and method (mean over cells)."""
+    """Held-out general loss and the generation check, per task, method and variant (mean over cells)."""
     plt = _pyplot()
     tasks = sorted({r["task"] for r in runs})
     fig, axes = plt.subplots(2, len(tasks), figsize=(4.2 * len(tasks), 5.6), squeeze=False)
     for col, task in enumerate(tasks):
-        rs = [r for r in runs if r["task"] == task]
-        methods = [m for m in METHODS if any(r["method"] == m for r in rs)]
-        for row, (label, get) in enumerate((("held-out general loss", lambda r: r.get("general_loss")),
-                                             ("general answers ok", _gen_ok))):
-            vals = [[get(r) for r in rs if r["method"] == m and get(r) is not None] for m in methods]
-            means = [statistics.mean(v) if v else 0 for v in vals]
+        bars = retention_bars(runs, task)
+        methods = [lab for lab, _, _ in bars]
+        for row, label in enumerate(("held-out general loss", "general answers ok")):
+            means = [b[1 + row] for b in bars]
             ax = axes[row][col]
             ax.bar(range(len(methods)), means, color="tab:blue" if row == 0 else "tab:green")
             ax.set_xticks(range(len(methods)), methods, rotation=45, ha="right", fontsize=7)
@@ -261,6 +296,11 @@ def write(results_path: Path) -> str:
                                   + (" `off` = no share: the default task loss weight applies."
                                      if lever == "tell_task_loss_share" else "") + "\n\n"
                                   + choice + "\n\n")
+    curves = general_curves(runs)
+    if curves:
+        frontier_part += ("## Held-out general loss during training\n\n`tell_best` runs with `--general-eval-curve`: "
+                          "the trainer's loss on the held-out general rows at each keep-best evaluation (Axolotl's "
+                          "own tokens, so not the bench's end-point number to the digit).\n\n" + curves + "\n\n")
     anchor_table = anchors(runs)
     anchor_part = f"Anchors the TELL runs trained with:\n\n{anchor_table}\n\n" if anchor_table else ""
     results_path.with_suffix(".md").write_text(header + text + "\n\n" + frontier_part + anchor_part + pics,
