@@ -52,7 +52,7 @@ def table(runs: list[dict]) -> str:
              "|---|---:|---|---|---:|---|---:|---:|---:|---:|---:|---:|"]
     for key, rs in sorted(groups(runs).items(), key=lambda kv: _sort_key(kv[0])):
         task, rows, method, repeats, ratio, variant, _ = key
-        method = f"{method} ({variant})" if variant else method
+        method = method_label({"method": method, "variant": variant})
         score = _mean_sd([r["score"] for r in rs])
         loss = _mean_sd([r["general_loss"] for r in rs])
         ok = _mean_sd([_gen_ok(r) for r in rs])
