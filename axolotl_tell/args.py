@@ -147,6 +147,16 @@ class TellArgs(BaseModel):
             "reweighted (default: off, the weight applies)."
         },
     )
+    tell_task_loss_weight_warmup_ratio: float | None = Field(
+        # off by default: a lever built after a diagnostic (BENCHMARKS, issue 24, fifteenth session), not yet
+        # measured against the constant weight on validation rows
+        default=None,
+        json_schema_extra={
+            "description": "The task loss weight rises linearly from 1 at the first step to `tell_task_loss_weight` "
+            "over this fraction of the training steps, then stays there (e.g. 0.5; default: off, the weight is "
+            "constant). Not with `tell_task_loss_share`."
+        },
+    )
     tell_task_eval_rows: int | None = Field(
         default=0,
         json_schema_extra={"description": "Hold out this many task rows (seeded) as a task-only eval set."},
@@ -467,10 +477,32 @@ def _check_task_loss_share(cfg: dict) -> None:
     _check_per_token_loss(cfg, "tell_task_loss_share", share, "share", "remove `tell_task_loss_share`")
 
 
+def _check_task_loss_weight_warmup(cfg: dict) -> None:
+    """`tell_task_loss_weight_warmup_ratio` ramps the weight, so it needs one above or below 1 and the per-token loss
+    the weight needs; the share has no weight to ramp."""
+    ratio = cfg.get("tell_task_loss_weight_warmup_ratio")
+    if ratio is None:
+        return
+    key = "tell_task_loss_weight_warmup_ratio"
+    if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not math.isfinite(ratio) \
+            or not 0 < ratio <= 1:
+        _fail(key, f"must be a number > 0 and <= 1 (the fraction of the training steps over which the task loss "
+              f"weight rises from 1), got {ratio!r}", f"e.g. `{key}: 0.5`")
+    if cfg.get("tell_task_loss_share") is not None:
+        _fail(key, "it warms up `tell_task_loss_weight`, and `tell_task_loss_share` replaces the weight",
+              f"keep `tell_task_loss_share` or `{key}`, not both")
+    weight = cfg.get("tell_task_loss_weight")
+    if weight is not None and float(weight) == 1.0:
+        _fail(key, "`tell_task_loss_weight` is 1, so there is nothing to warm up",
+              f"remove `{key}`, or set `tell_task_loss_weight` to the weight it should reach")
+    _check_per_token_loss(cfg, key, ratio, "weight's warm-up", f"remove `{key}`")
+
+
 def _check_training_paths(cfg: dict) -> None:
     """Axolotl training paths that would undo the plan or break the per-source loss: refused before any data."""
     _check_task_loss_weight(cfg)
     _check_task_loss_share(cfg)
+    _check_task_loss_weight_warmup(cfg)
     if cfg.get("balance_labels"):  # axolotl >= 0.21: replaces the sequential sampler (unpacked) or fails (packed)
         _fail("balance_labels", "it reorders rows by label and replaces the planned order",
               "remove `balance_labels`; TELL's even spread already balances task and general rows")
@@ -638,6 +670,12 @@ def resolved_task_loss_weight(cfg) -> float:
     if cfg.get("tell_source_metrics") is False or any(cfg.get(k) for k in MEMORY_SAVING_LOSS_KEYS + LOSS_REPLACING_KEYS):
         return 1.0
     return DEFAULT_TASK_LOSS_WEIGHT
+
+
+def resolved_task_loss_weight_warmup(cfg) -> float | None:
+    """The fraction of the training steps over which the task loss weight rises from 1, or None (constant)."""
+    ratio = cfg.get("tell_task_loss_weight_warmup_ratio")
+    return None if ratio is None else float(ratio)
 
 
 def resolved_task_loss_share(cfg) -> float | None:

@@ -201,10 +201,11 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from axolotl_tell.datacheck import TellDataError
     from axolotl_tell.generate import ModelFolderError
     from axolotl_tell.plan import PlanError
+    from axolotl_tell.plots import PlotError
     from axolotl_tell.prompting import TellSpecError
 
     return (ValidationError, FileNotFoundError, TellConfigError, AnchorError, BakeError, CpuPrecisionError,
-            TellDataError, ModelFolderError, PlanError, TellSpecError)
+            TellDataError, ModelFolderError, PlanError, PlotError, TellSpecError)
 
 
 def main(argv=None) -> int:

@@ -10,11 +10,17 @@ TIMELINE_FILE = "tell_timeline.png"
 LOSS_FILE = "tell_loss.png"
 
 
+class PlotError(RuntimeError):
+    """A plot cannot be drawn here (matplotlib missing): the CLI says so in one line; a run logs it and goes on."""
+
+
 def _pyplot():
     try:
         import matplotlib
-    except ImportError as err:  # pragma: no cover - matplotlib ships with the test extra
-        raise RuntimeError("plots need matplotlib: pip install matplotlib") from err
+    except ImportError as err:  # a dependency of this package: missing only where it was installed without them
+        raise PlotError("[axolotl_tell] plots need matplotlib, which is not installed here. Fix: `pip install "
+                        "matplotlib` (a dependency of axolotl-tell; installing the plugin with `pip install -e .` "
+                        "brings it)") from err
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 

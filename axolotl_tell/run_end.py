@@ -11,7 +11,7 @@ import logging
 import traceback
 from pathlib import Path
 
-from axolotl_tell.args import resolved_task_loss_share, resolved_task_loss_weight
+from axolotl_tell.args import resolved_task_loss_share, resolved_task_loss_weight, resolved_task_loss_weight_warmup
 from axolotl_tell.cpu_precision import trainer_precision
 from axolotl_tell.report import INFERENCE_FILE, REPORT_FILE, trained_section, write_json
 
@@ -26,6 +26,7 @@ def finish_run(plugin, cfg, model, main: bool = True) -> None:
     report["trained"] = trained_section(report, plugin.trained, plugin.steps_planned, cfg.get("max_steps"))
     report["trained"]["task_loss_weight"] = resolved_task_loss_weight(cfg)
     report["trained"]["task_loss_share"] = resolved_task_loss_share(cfg)
+    report["trained"]["task_loss_weight_warmup_ratio"] = resolved_task_loss_weight_warmup(cfg)
     if plugin.trainer is not None:  # what really ran (bf16: auto resolves per machine)
         report["trained"]["precision"] = trainer_precision(plugin.trainer)
     spec = plugin.spec

@@ -37,6 +37,7 @@ import numpy as np
 import torch
 
 from axolotl_tell import compat, ranks
+from axolotl_tell.weight_warmup import task_weight_at, warmup_steps
 
 SOURCE_IDS = "tell_source_ids"
 KINDS = ("task", "general")
@@ -240,6 +241,7 @@ class SourceLossMeter:
 
 
 UNWEIGHTED_LOSS = "tell/unweighted_loss"
+TASK_LOSS_WEIGHT = "tell/task_loss_weight"  # logged during a warm-up of the weight
 
 
 def unweighted_loss(measured: dict) -> float | None:
@@ -296,11 +298,15 @@ class SourceAwareCausalLMLoss:
     the task's tokens are ~1/(1 + ratio) of the loss; the weight raises their share without changing the data.
     ``task_share`` (``tell_task_loss_share``, instead of a weight): the task's share of each micro-batch's loss
     is fixed, whatever the lengths of the general rows in it (:meth:`SourceLossMeter.share_weights`).
+    ``weight_schedule`` (``tell_task_loss_weight_warmup_ratio``): optimizer step -> the task weight at that step;
+    :meth:`at_step` sets it before each training forward.
     """
 
-    def __init__(self, meter: SourceLossMeter, default, task_weight: float = 1.0, task_share: float | None = None):
+    def __init__(self, meter: SourceLossMeter, default, task_weight: float = 1.0, task_share: float | None = None,
+                 weight_schedule=None):
         self.meter, self.default, self.task_weight = meter, default, float(task_weight)
         self.task_share = None if task_share is None else float(task_share)
+        self.weight_schedule, self.full_weight = weight_schedule, self.task_weight  # what a warm-up reaches
         self.pending: SourcesHandoff | None = None  # set only inside `batch_sources`
 
     @contextlib.contextmanager
@@ -317,11 +323,16 @@ class SourceAwareCausalLMLoss:
 
     @property
     def reweights(self) -> bool:
-        """Whether the training loss differs from the stock one (a weight or a share)."""
-        return self.task_weight != 1.0 or self.task_share is not None
+        """Whether the training loss differs from the stock one (a weight, a warming-up weight or a share)."""
+        return self.task_weight != 1.0 or self.task_share is not None or self.weight_schedule is not None
+
+    def at_step(self, step: int) -> None:
+        """Set the task weight of optimizer step ``step`` (a warm-up; a constant weight stays as it is)."""
+        if self.weight_schedule is not None:
+            self.task_weight = float(self.weight_schedule(step))
 
     def describe(self) -> str:
-        return _reweighting(self.task_weight, self.task_share)
+        return _reweighting(self.full_weight, self.task_share)
 
     def __call__(self, logits, labels, vocab_size: int, num_items_in_batch=None, ignore_index: int = -100,
                  shift_labels=None, **kwargs):
@@ -368,7 +379,7 @@ def is_stock_causal_lm_loss(fn) -> bool:
 
 
 def install_source_loss(model, meter: SourceLossMeter, task_weight: float = 1.0,
-                        task_share: float | None = None) -> SourceAwareCausalLMLoss | None:
+                        task_share: float | None = None, weight_schedule=None) -> SourceAwareCausalLMLoss | None:
     """Put :class:`SourceAwareCausalLMLoss` on the transformers model inside ``model`` (PEFT/DeepSpeed unwrapped).
 
     Only where the model uses transformers' stock causal-LM loss; otherwise None (the caller falls back
@@ -385,7 +396,7 @@ def install_source_loss(model, meter: SourceLossMeter, task_weight: float = 1.0,
     stock = getattr(inner, "loss_function", None)
     if not is_stock_causal_lm_loss(stock):
         return None
-    loss = SourceAwareCausalLMLoss(meter, stock, task_weight, task_share)
+    loss = SourceAwareCausalLMLoss(meter, stock, task_weight, task_share, weight_schedule)
     inner.loss_function = loss
     return loss
 
@@ -423,13 +434,15 @@ def _eval_geometry(trainer) -> _EvalGeometry | None:
 
 
 def attach(trainer, meter: SourceLossMeter, *, keep_model_loss: bool = False, replicas: int = 1,
-           task_loss_weight: float = 1.0, task_loss_share: float | None = None) -> None:
+           task_loss_weight: float = 1.0, task_loss_share: float | None = None,
+           task_loss_weight_warmup: float | None = None) -> None:
     """Wrap the trainer's collators, ``compute_loss``, ``evaluate`` and ``log`` (instance-level; any trainer class).
 
     ``keep_model_loss``: the user chose a memory-saving loss (chunked / Liger / cut cross-entropy): leave it in
     place and score the returned logits in bounded chunks. ``replicas``: ranks that see the same tokens.
     ``task_loss_weight``, ``task_loss_share``: see :class:`SourceAwareCausalLMLoss`; they need the stock loss (else
-    an error here).
+    an error here). ``task_loss_weight_warmup``: the fraction of the run's steps (``trainer.state.max_steps``, known
+    once training starts) over which the weight rises from 1 to ``task_loss_weight`` (:mod:`weight_warmup`).
     """
     trainer.data_collator = SourceIdsCollator(trainer.data_collator)
     if getattr(trainer, "eval_data_collator", None) is not None:
@@ -437,13 +450,18 @@ def attach(trainer, meter: SourceLossMeter, *, keep_model_loss: bool = False, re
     compute_loss, log, evaluate = trainer.compute_loss, trainer.log, trainer.evaluate
     reweighted = task_loss_weight != 1.0 or task_loss_share is not None
     warned = []
+    schedule = None
+    if task_loss_weight_warmup is not None and task_loss_share is None and task_loss_weight != 1.0:
+        def schedule(step):  # max_steps is known once training starts, not here
+            warmup = warmup_steps(trainer.state.max_steps, task_loss_weight_warmup)
+            return task_weight_at(step, task_loss_weight, warmup)
     source_loss = None if keep_model_loss else install_source_loss(trainer.model, meter, task_loss_weight,
-                                                                   task_loss_share)
+                                                                   task_loss_share, schedule)
     if source_loss is None and (task_loss_weight != 1.0 or task_loss_share is not None):
         raise TellTrainingError(
-            f"{_reweighting(task_loss_weight, task_loss_share)} needs transformers' stock causal-LM loss, but this model computes its own (a fused or custom "
-            "loss). Fix: set `tell_task_loss_weight: 1` (and no `tell_task_loss_share`), or remove the key that "
-            "replaces the loss")
+            f"[axolotl_tell] {_reweighting(task_loss_weight, task_loss_share)} needs transformers' stock causal-LM "
+            "loss, but this model computes its own (a fused or custom loss). Fix: set `tell_task_loss_weight: 1` "
+            "(and no `tell_task_loss_share`), or remove the key that replaces the loss")
     LOG.info("[axolotl_tell] per-source loss: %s", "from the training loss's per-token cross-entropy"
              if source_loss is not None else "from the returned logits, scored in chunks (the model keeps its own "
              "loss function)")
@@ -463,6 +481,8 @@ def attach(trainer, meter: SourceLossMeter, *, keep_model_loss: bool = False, re
         if source_loss is None:
             loss, outputs = compute_loss(model, inputs, return_outputs=True, **kwargs)
         else:
+            if split == "train" and schedule is not None:
+                source_loss.at_step(trainer.state.global_step)  # one weight for the whole step's micro-batches
             with source_loss.batch_sources(source_ids, split) as handoff:
                 loss, outputs = compute_loss(model, inputs, return_outputs=True, **kwargs)
             if handoff.consumed:  # the forward's loss did the counting (and the weighting)
@@ -471,9 +491,9 @@ def attach(trainer, meter: SourceLossMeter, *, keep_model_loss: bool = False, re
                 # labels were taken away before the forward (a compute_loss_func such as Axolotl's EAFT): the
                 # loss was computed elsewhere, without the weight; never train on as if it had been applied
                 raise TellTrainingError(
-                    f"{source_loss.describe()} was not applied: the training loss was computed outside the model "
-                    "(a `compute_loss_func`, e.g. `use_eaft`). Fix: set `tell_task_loss_weight: 1` (and no "
-                    "`tell_task_loss_share`), or remove what replaces the loss")
+                    f"[axolotl_tell] {source_loss.describe()} was not applied: the training loss was computed "
+                    "outside the model (a `compute_loss_func`, e.g. `use_eaft`). Fix: set `tell_task_loss_weight: 1` "
+                    "(and no `tell_task_loss_share`), or remove what replaces the loss")
         logits = getattr(outputs, "logits", None) if not isinstance(outputs, dict) else outputs.get("logits")
         if logits is None or logits.dim() != 3 or labels is None:
             if not warned:
@@ -513,6 +533,8 @@ def attach(trainer, meter: SourceLossMeter, *, keep_model_loss: bool = False, re
                 unweighted = unweighted_loss(measured)
                 if unweighted is not None:
                     logs[UNWEIGHTED_LOSS] = unweighted
+                if schedule is not None and source_loss is not None:
+                    logs[TASK_LOSS_WEIGHT] = source_loss.task_weight  # the last step's, during the warm-up
         return log(logs, *args, **kwargs)
 
     trainer.compute_loss = compute_loss_with_sources

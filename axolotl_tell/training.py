@@ -14,7 +14,8 @@ from transformers import TrainerCallback
 
 from axolotl_tell import compat, ranks
 from axolotl_tell.args import (DEFAULT_TASK_LOSS_WEIGHT, MEMORY_SAVING_LOSS_KEYS, config_shards_parameters,
-                               resolved_task_loss_share, resolved_task_loss_weight, tensor_parallel_degree)
+                               resolved_task_loss_share, resolved_task_loss_weight,
+                               resolved_task_loss_weight_warmup, tensor_parallel_degree)
 from axolotl_tell.keep_best import (CHOICE_KEY, best_metric_key, choice_value, floor_margin, keep_best,
                                     kept_section, later_wins_ties, reported_metric_key, steps_between_evaluations)
 from axolotl_tell.report import INFERENCE_FILE, write_json
@@ -50,8 +51,12 @@ def prepare_trainer(plugin, cfg, trainer) -> None:
         else:
             LOG.info("[axolotl_tell] task loss weight: %g (each supervised task token counts %g times in training)",
                      weight, weight)
+        warmup = resolved_task_loss_weight_warmup(cfg)
+        if warmup is not None:
+            LOG.info("[axolotl_tell] task loss weight warm-up: from 1 to %g over the first %g of the training steps "
+                     "(logged as tell/task_loss_weight)", weight, warmup)
         attach(trainer, plugin.meter, keep_model_loss=bool(keep), replicas=plugin.meter_replicas,
-               task_loss_weight=weight, task_loss_share=share)
+               task_loss_weight=weight, task_loss_share=share, task_loss_weight_warmup=warmup)
     _warn_sharded_checkpoints(cfg, trainer)
     trainer.add_callback(_RecordTrained(plugin, cfg))
     trainer.add_callback(_SpecIntoCheckpoints(plugin, cfg))

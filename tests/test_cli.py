@@ -31,6 +31,23 @@ def workspace(tiny_model, tmp_path):
     return path, cfg
 
 
+def test_a_missing_matplotlib_is_a_one_line_error_with_its_fix(monkeypatch):
+    """Plots need matplotlib, which axolotl does not bring: the package depends on it, and where it is missing
+    anyway the CLI prints one `[axolotl_tell] … Fix:` line (a user error), not a traceback."""
+    import sys
+    import tomllib
+    from pathlib import Path
+
+    from axolotl_tell import plots
+
+    project = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["project"]
+    assert any(dep.split(">")[0].split("=")[0].strip() == "matplotlib" for dep in project["dependencies"])
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # `import matplotlib` raises ImportError
+    with pytest.raises(plots.PlotError, match=r"^\[axolotl_tell\] plots need matplotlib.*Fix: `pip install matplotlib`"):
+        plots._pyplot()
+    assert issubclass(plots.PlotError, cli._user_errors())
+
+
 def test_preview_prints_the_mix_marks_the_anchor_and_plots(workspace, capsys):
     path, cfg = workspace
     assert cli.main(["preview", str(path)]) == 0

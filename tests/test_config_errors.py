@@ -56,6 +56,17 @@ CASES = [
      "tell_task_loss_share"),
     ("loss share with chunked CE", {"tell_task_loss_share": 0.75, "chunked_cross_entropy": True},
      "chunked_cross_entropy"),
+    ("weight warm-up zero", {"tell_task_loss_weight_warmup_ratio": 0}, "tell_task_loss_weight_warmup_ratio"),
+    ("weight warm-up over one", {"tell_task_loss_weight_warmup_ratio": 1.5}, "tell_task_loss_weight_warmup_ratio"),
+    ("weight warm-up word", {"tell_task_loss_weight_warmup_ratio": "half"}, "tell_task_loss_weight_warmup_ratio"),
+    ("weight warm-up with a share", {"tell_task_loss_weight_warmup_ratio": 0.5, "tell_task_loss_share": 0.75},
+     "tell_task_loss_weight_warmup_ratio"),
+    ("weight warm-up of weight one", {"tell_task_loss_weight_warmup_ratio": 0.5, "tell_task_loss_weight": 1},
+     "tell_task_loss_weight_warmup_ratio"),
+    ("weight warm-up without metrics", {"tell_task_loss_weight_warmup_ratio": 0.5, "tell_source_metrics": False},
+     "tell_task_loss_weight_warmup_ratio"),
+    ("weight warm-up with chunked CE", {"tell_task_loss_weight_warmup_ratio": 0.5, "chunked_cross_entropy": True},
+     "chunked_cross_entropy"),
 ]
 
 

@@ -430,6 +430,37 @@ def test_task_loss_weight_without_the_stock_loss_is_an_error(model_and_tokenizer
         attach(trainer, SourceLossMeter(KINDS), keep_model_loss=True, task_loss_share=0.75)
 
 
+def test_a_warming_up_weight_follows_the_trainers_step_and_is_logged(model_and_tokenizer):
+    """With a warm-up the training loss weighs task tokens 1 at step 0, halfway at mid warm-up and the target from
+    its end on (against a hand sum), the weight of the last step is logged, and eval stays plain."""
+    from types import SimpleNamespace
+
+    from transformers import AutoModelForCausalLM
+
+    from axolotl_tell.source_metrics import TASK_LOSS_WEIGHT, attach
+
+    batch, source_ids, kwargs = _padded_batch(model_and_tokenizer[1], None)
+    model = AutoModelForCausalLM.from_pretrained(model_and_tokenizer[0].name_or_path)
+    task, general = _hand_batch(model, batch, source_ids)
+    logs = []
+    trainer = _FakeTrainer(model, logs)
+    trainer.compute_loss = lambda model, inputs, return_outputs=False, **kw: (
+        (lambda out: (out.loss, out) if return_outputs else out.loss)(model(**inputs, **kwargs)))
+    trainer.state = SimpleNamespace(global_step=0, max_steps=8)  # warm-up 0.5: 4 steps
+    attach(trainer, SourceLossMeter(KINDS), task_loss_weight=9.0, task_loss_weight_warmup=0.5)
+    model.train()
+    for step, weight in ((0, 1.0), (2, 5.0), (4, 9.0), (7, 9.0)):
+        trainer.state.global_step = step
+        got = trainer.compute_loss(model, {**batch, SOURCE_IDS: source_ids})
+        assert math.isclose(float(got), (weight * task[0] + general[0]) / (task[1] + general[1]), rel_tol=1e-4), step
+    trainer.log({"loss": float(got)})
+    assert logs[-1][TASK_LOSS_WEIGHT] == 9.0 and "tell/unweighted_loss" in logs[-1]
+    model.eval()
+    trainer.state.global_step = 2
+    plain = trainer.compute_loss(model, {**batch, SOURCE_IDS: source_ids})
+    assert math.isclose(float(plain), (task[0] + general[0]) / (task[1] + general[1]), rel_tol=1e-4)
+
+
 def test_task_loss_weight_not_applied_by_a_loss_computed_elsewhere_is_an_error(model_and_tokenizer):
     """A `compute_loss_func` (Axolotl's `use_eaft`) takes the labels away, so the model's weighted loss never runs:
     training must stop, not go on unweighted (evaluation, never weighted, goes on)."""

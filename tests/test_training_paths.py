@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -153,3 +154,18 @@ def test_a_task_loss_share_reaches_axolotl_train_and_the_record(tiny_model, tmp_
     assert "task loss share: 0.75" in log
     trained = json.loads((Path(cfg["output_dir"]) / "tell_report.json").read_text())["trained"]
     assert trained["complete"] and trained["task_loss_share"] == 0.75 and trained["task_loss_weight"] == 1.0
+
+
+def test_a_task_loss_weight_warm_up_reaches_axolotl_train_and_the_record(tiny_model, tmp_path):
+    """`tell_task_loss_weight_warmup_ratio` passes Axolotl's config schema, reaches the loss (the weight logged
+    step by step rises from 1 to the target) and the run's record."""
+    cfg_path, cfg = make_workspace(tmp_path, tiny_model, tell_task_loss_weight=4,
+                                   tell_task_loss_weight_warmup_ratio=0.5)  # logging_steps 1 (tiny.py)
+    log = _axolotl("train", str(cfg_path), cwd=tmp_path)
+    assert "task loss weight warm-up: from 1 to 4 over the first 0.5 of the training steps" in log
+    weights = [float(w) for w in re.findall(r"'tell/task_loss_weight': '?([0-9.]+)", log)]
+    assert len(weights) >= 3 and weights[0] == 1.0 and weights[-1] == 4.0, weights
+    assert weights == sorted(weights), weights
+    trained = json.loads((Path(cfg["output_dir"]) / "tell_report.json").read_text())["trained"]
+    assert trained["complete"] and trained["task_loss_weight"] == 4.0
+    assert trained["task_loss_weight_warmup_ratio"] == 0.5
