@@ -4,7 +4,9 @@
 optimizer step to `tell_task_loss_weight` after a fraction r of the training steps, then stay there. Why a warm-up:
 in a short plan the first steps carry the task at its full weight at the schedule's highest learning rate, and a
 run's held-out general loss was seen to rise there (BENCHMARKS, "the object_counting retention miss"); at weight
-1 the rise was under half as large. Pure: no torch, no Axolotl.
+1 the rise was under half as large. Measured once (BENCHMARKS, sixteenth session): warmed up over half the run, the
+rise came later and the run ended almost where the constant weight did, so it is off by default. Pure: no torch,
+no Axolotl.
 """
 
 from __future__ import annotations
