@@ -44,21 +44,30 @@ class CpuBf16:
 
 
 def _cpuinfo(path: str) -> tuple[str, set[str]]:
-    """(model name, flags) of the first processor in a /proc/cpuinfo file; ("", set()) if unreadable."""
-    name, flags = "", set()
+    """(model name, flags) of the first processor in a /proc/cpuinfo file; ("", set()) if unreadable.
+
+    On x86 the name carries the CPU family and model numbers too: a VM often reports only "AMD EPYC", and the
+    numbers are what tell one generation from another (family 25 is Zen 3/4, family 26 Zen 5), so a benchmark
+    record says which CPU its timings came from.
+    """
+    fields: dict[str, str] = {}
+    flags: set[str] = set()
     try:
         with open(path, encoding="utf-8", errors="replace") as f:
             for line in f:
+                if not line.strip() and fields:
+                    break  # the end of the first processor's block
                 key, _, value = line.partition(":")
                 key = key.strip().lower()
-                if key == "model name" and not name:
-                    name = value.strip()
-                elif key in ("flags", "features") and not flags:  # x86 / ARM spelling
-                    flags = set(value.split())
-                if name and flags:
-                    break
+                if key in ("flags", "features"):  # x86 / ARM spelling
+                    flags = flags or set(value.split())
+                elif key in ("model name", "cpu family", "model"):
+                    fields.setdefault(key, value.strip())
     except OSError:
         pass
+    name = fields.get("model name", "")
+    if name and "cpu family" in fields and "model" in fields:
+        name = f"{name} (family {fields['cpu family']} model {fields['model']})"
     return name, flags
 
 

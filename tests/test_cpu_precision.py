@@ -35,6 +35,15 @@ def test_native_bf16_is_the_avx512_bf16_or_amx_flag_and_nothing_else(tmp_path):
     assert _detect(tmp_path, COOPER_LAKE).native
 
 
+def test_the_cpu_family_and_model_name_a_generic_vm_model_name(tmp_path):
+    # A VM's "AMD EPYC" says nothing of the generation; the family and model numbers do (25/17: Zen 4 Genoa).
+    genoa = _detect(tmp_path, "processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 25\nmodel\t\t: 17\n"
+                              "model name\t: AMD EPYC\nflags\t\t: avx2 avx512f avx512_bf16\n\n"
+                              "processor\t: 1\ncpu family\t: 26\nmodel\t\t: 2\nmodel name\t: AMD EPYC\n")
+    assert genoa.native and genoa.cpu.startswith("AMD EPYC (family 25 model 17) (torch: ")
+    assert "family" not in _detect(tmp_path, SAPPHIRE_RAPIDS).cpu  # no numbers in the file: the name alone
+
+
 def test_arm_and_unreadable_cpuinfo_count_as_not_native(tmp_path):
     arm = _detect(tmp_path, GRAVITON3, machine="aarch64")  # its `bf16` feature is not trusted (not measured)
     assert not arm.native and "aarch64" in arm.why and ENV in arm.why
