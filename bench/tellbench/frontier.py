@@ -143,6 +143,29 @@ def is_default_tell(run: dict) -> bool:
     return levers_off_default(run) == set()
 
 
+def training_view(run: dict) -> dict:
+    """A ``tell_best`` run as the TELL run it trained: its keep-best keys only choose and score checkpoints. Any other
+    key stays, so a run that also moved an unread key (a weight warm-up, say) is not taken for the defaults."""
+    from .configs import KEEP_BEST_KEYS
+
+    keys = {k: v for k, v in (run.get("tell_keys") or {}).items() if k not in KEEP_BEST_KEYS}
+    return {**run, "method": "tell", "tell_keys": keys}
+
+
+def is_default_tell_best(run: dict) -> bool:
+    """A ``tell_best`` run whose training was TELL at the defaults (the goal's ``tell_best`` column reads only these)."""
+    return run.get("method") == "tell_best" and is_default_tell(training_view(run))
+
+
+def tell_best_label(run: dict) -> str:
+    """``tell_best`` for a run at the defaults; else the lever it moved (``tell_best (TELL g3 r12)``) or its grid
+    variant, so a lever's runs are their own point and never averaged into the goal's ``tell_best``."""
+    if is_default_tell_best(run):
+        return "tell_best"
+    view = training_view(run)
+    return f"tell_best ({run['variant'] if run.get('variant') else tell_label(view)})"
+
+
 def _ms(values):
     values = [v for v in values if v is not None]
     if not values:
@@ -184,6 +207,8 @@ def points(runs: list[dict]) -> dict:
             label = "sft_best"
         elif r["method"] == "tell":
             label = tell_label(r)
+        elif r["method"] == "tell_best":
+            label = tell_best_label(r)
         else:
             label = r["method"]
         add(label, r, r["score"], r["general_loss"] - b, r.get("row_hits"))

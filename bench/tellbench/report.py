@@ -296,6 +296,13 @@ def write(results_path: Path) -> str:
                                   + (" `off` = no share: the default task loss weight applies."
                                      if lever == "tell_task_loss_share" else "") + "\n\n"
                                   + choice + "\n\n")
+        kept = validation.lever_choice(runs, "tell_task_repeats", method="tell_best")
+        if kept:  # the longer plan with keep-best choosing the step (BENCHMARKS rule 4, its fifth lever)
+            frontier_part += ("## Task repeats for `tell_best`, chosen on validation rows\n\n`tell_best` runs at "
+                              "another repeat count against `tell_best` at `auto` on the same task, rows and seed "
+                              "(everything else at the defaults): a longer plan whose best step keep-best picks. "
+                              "Validation is the kept checkpoint's score on the rows that chose it, on both sides; "
+                              "the test gain is not chosen on.\n\n" + kept + "\n\n")
     curves = general_curves(runs)
     if curves:
         frontier_part += ("## Held-out general loss during training\n\n`tell_best` runs with `--general-eval-curve`: "

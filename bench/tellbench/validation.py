@@ -10,18 +10,10 @@ from collections import defaultdict
 
 from axolotl_tell.keep_best import choice_value, floor_margin
 
-from .frontier import (BENCH_TELL_KEYS, FLOOR_SE, LEVERS, at_defaults_but, floor_reach, is_default_tell,
-                       lever_defaults)
+from .frontier import (FLOOR_SE, LEVERS, at_defaults_but, floor_reach, is_default_tell, is_default_tell_best,
+                       lever_defaults, training_view)
 
 LATE = 2 / 3  # a validation peak "late" in a run: at or after two thirds of its steps
-
-
-def is_default_tell_best(run: dict) -> bool:
-    """A ``tell_best`` run whose training was TELL at the defaults (its extra keys only choose the checkpoint)."""
-    if run.get("method") != "tell_best":
-        return False
-    keys = {k: v for k, v in (run.get("tell_keys") or {}).items() if k in BENCH_TELL_KEYS or k in LEVERS}
-    return is_default_tell({**run, "method": "tell", "tell_keys": keys})
 
 
 def val_peaks(runs: list[dict]) -> str:
@@ -58,11 +50,14 @@ def val_peaks(runs: list[dict]) -> str:
                       *lines, "", f"Peaked at or after {LATE:.0%} of the run (counted runs): {summary}."])
 
 
-def lever_runs(runs: list[dict], lever: str) -> dict:
-    """{(task, rows, seed): {value: run}} for TELL runs that differ from the defaults in ``lever`` alone (or not at all)."""
+def lever_runs(runs: list[dict], lever: str, method: str = "tell") -> dict:
+    """{(task, rows, seed): {value: run}} for ``method``'s runs (``tell`` or ``tell_best``, read by what it trained)
+    that differ from the defaults in ``lever`` alone (or not at all)."""
     out = defaultdict(dict)
     for r in runs:
-        if at_defaults_but(r, lever):
+        if r.get("method") != method:
+            continue
+        if at_defaults_but(training_view(r) if method == "tell_best" else r, lever):
             out[(r["task"], r["task_rows"], r["seed"])][LEVERS[lever][1](r)] = r
     return out
 
@@ -93,12 +88,13 @@ def at_the_val_floor(*tell_runs: dict) -> bool:
     return True
 
 
-def lever_choice(runs: list[dict], lever: str) -> str:
+def lever_choice(runs: list[dict], lever: str, method: str = "tell") -> str:
     """Each value of one lever against the current default on the same (task, rows, seed), everything else at the
     defaults: validation gain (what a default is chosen on), test gain, general loss and cost in steps. Empty when no
-    value but the default has validation scores."""
+    value but the default has validation scores. ``method="tell_best"`` pairs keep-best runs: their validation score
+    is the kept checkpoint's, chosen on those rows, so both sides carry the same choice among their evaluations."""
     name, _ = LEVERS[lever]
-    by_seed = lever_runs(runs, lever)
+    by_seed = lever_runs(runs, lever, method)
     default = lever_defaults()[lever]
     base = {r["task"]: r["general_loss"] for r in runs if r["method"] == "zero_shot" and r.get("general_loss")}
     values = sorted({v for runs_ in by_seed.values() for v in runs_} - {default})  # one lever: one type
