@@ -153,7 +153,7 @@ def training_view(run: dict) -> dict:
 
 
 def is_default_tell_best(run: dict) -> bool:
-    """A ``tell_best`` run whose training was TELL at the defaults (the goal's ``tell_best`` column reads only these)."""
+    """A ``tell_best`` run whose training was TELL at the defaults (the goal's ``tell_best`` reads only these)."""
     return run.get("method") == "tell_best" and is_default_tell(training_view(run))
 
 
