@@ -289,3 +289,24 @@ def test_the_seed_steps_run_only_the_default_cells():
     chosen = bench_run.select(bench_run.expand("leverage_cpu", bench_run.load_grids(args.grids)), args)
     assert sorted(c.key for c in chosen) == sorted(
         f"opinion_sentiment|{m}|n=100|seed=1|r=auto|g={g}" for m, g in (("sft_best", 0), ("tell", 3), ("tell_best", 3)))
+
+
+def test_the_tell_best_repeats_step_runs_the_12_repeat_pair_and_nothing_else():
+    """`bench/leverage_cpu.sh tb12_100` (rule 6's lever, eighteenth session): `tell_best` over 12 repeats and the
+    12-repeat `tell` it can record from the same run, never a default cell nor another lever's (weight 3, rate
+    2e-4), whose blocks also hold `tell` cells at 100 rows."""
+    import re
+    import shlex
+
+    sys.path[:0] = [str(ROOT / "bench"), str(ROOT)]
+    import run as bench_run
+
+    script = re.sub(r"\\\n\s*", " ", (ROOT / "bench" / "leverage_cpu.sh").read_text())
+    body = re.search(r"\nstep_tb12_100\(\) \{(.*?done; \})", script, re.S).group(1)
+    call = re.search(r'cells (--tasks "\$t" .*?); done', body, re.S).group(1)
+    argv = [a.replace("$t", "fact_verification") for a in shlex.split(call)]
+    args = bench_run.parse_args(["--grid", "leverage_cpu", "--out", "unused.json", *argv])
+    assert args.tell_end_from_best
+    chosen = bench_run.select(bench_run.expand("leverage_cpu", bench_run.load_grids(args.grids)), args)
+    assert sorted(c.key for c in chosen) == sorted(f"fact_verification|{m}|n=100|seed=0|r=12|g=3"
+                                                   for m in ("tell", "tell_best"))
