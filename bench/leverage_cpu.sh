@@ -68,6 +68,9 @@ step_tb12_100() { for t in ${TASKS:-object_counting opinion_sentiment question_f
                   fact_verification disfl_qa}; do   # rule 6's lever at 100 rows, seed 0: tell_best over 12 repeats
                   cells --tasks "$t" --sizes 100 --seeds 0 --methods tell_best tell --repeats 12 --variants - \
                     --tell-end-from-best; done; }   # (and the 12-repeat tell end point where it is missing)
+step_g10_100() { for t in ${TASKS:-object_counting opinion_sentiment question_formation sports_understanding \
+                  fact_verification disfl_qa}; do   # rule 4's last lever at 100 rows, seed 0: ratio 10 vs 3
+                  cells --tasks "$t" --sizes 100 --seeds 0 --methods tell --variants g10; done; }
 seeds_at() { local n=$1; shift      # sft_best, TELL and tell_best at n rows on each of SEEDS (default 1 2) and
   for s in ${SEEDS:-1 2}; do for t in ${TASKS:-$*}; do   # TASKS (default: the tasks given), TELL read from tell_best;
     cells --tasks "$t" --sizes "$n" --seeds "$s" --methods sft_best tell tell_best --repeats auto --variants - \

@@ -291,10 +291,8 @@ def test_the_seed_steps_run_only_the_default_cells():
         f"opinion_sentiment|{m}|n=100|seed=1|r=auto|g={g}" for m, g in (("sft_best", 0), ("tell", 3), ("tell_best", 3)))
 
 
-def test_the_tell_best_repeats_step_runs_the_12_repeat_pair_and_nothing_else():
-    """`bench/leverage_cpu.sh tb12_100` (rule 6's lever, eighteenth session): `tell_best` over 12 repeats and the
-    12-repeat `tell` it can record from the same run, never a default cell nor another lever's (weight 3, rate
-    2e-4), whose blocks also hold `tell` cells at 100 rows."""
+def _leverage_step_selection(step: str, task: str):
+    """What one `bench/leverage_cpu.sh` step's `cells` call asks `bench/run.py` for, on ``task``: (args, cells)."""
     import re
     import shlex
 
@@ -302,11 +300,33 @@ def test_the_tell_best_repeats_step_runs_the_12_repeat_pair_and_nothing_else():
     import run as bench_run
 
     script = re.sub(r"\\\n\s*", " ", (ROOT / "bench" / "leverage_cpu.sh").read_text())
-    body = re.search(r"\nstep_tb12_100\(\) \{(.*?done; \})", script, re.S).group(1)
+    body = re.search(rf"\nstep_{step}\(\) \{{(.*?done; \}})", script, re.S).group(1)
     call = re.search(r'cells (--tasks "\$t" .*?); done', body, re.S).group(1)
-    argv = [a.replace("$t", "fact_verification") for a in shlex.split(call)]
+    argv = [a.replace("$t", task) for a in shlex.split(call)]
     args = bench_run.parse_args(["--grid", "leverage_cpu", "--out", "unused.json", *argv])
+    return args, bench_run.select(bench_run.expand("leverage_cpu", bench_run.load_grids(args.grids)), args)
+
+
+def test_the_tell_best_repeats_step_runs_the_12_repeat_pair_and_nothing_else():
+    """`bench/leverage_cpu.sh tb12_100` (rule 6's lever, eighteenth session): `tell_best` over 12 repeats and the
+    12-repeat `tell` it can record from the same run, never a default cell nor another lever's (weight 3, rate
+    2e-4), whose blocks also hold `tell` cells at 100 rows."""
+    args, chosen = _leverage_step_selection("tb12_100", "fact_verification")
     assert args.tell_end_from_best
-    chosen = bench_run.select(bench_run.expand("leverage_cpu", bench_run.load_grids(args.grids)), args)
     assert sorted(c.key for c in chosen) == sorted(f"fact_verification|{m}|n=100|seed=0|r=12|g=3"
                                                    for m in ("tell", "tell_best"))
+
+
+def test_the_ratio_step_runs_one_ratio_10_tell_cell_and_nothing_else():
+    """`bench/leverage_cpu.sh g10_100` (rule 4's last lever, nineteenth session): one `tell` cell at ratio 10, seed 0,
+    read as the ratio lever against the default. (The block holds `tell` cells on every seed at 100 rows: the seed
+    steps' test above checks they never pick them up.)"""
+    sys.path[:0] = [str(ROOT / "bench"), str(ROOT)]
+    from tellbench.frontier import levers_off_default
+
+    _, chosen = _leverage_step_selection("g10_100", "question_formation")
+    assert [(c.key, c.general_ratio) for c in chosen] == [("question_formation|tell|n=100|seed=0|r=auto|g=10|v=g10",
+                                                           10.0)]
+    recorded = {"method": "tell", "task_rows": 100, "task_repeats": 6, "task_loss_weight": 10.0, "tell_keys": {}}
+    assert levers_off_default({**recorded, "general_ratio": 3.0}) == set()
+    assert levers_off_default({**recorded, "general_ratio": 10.0}) == {"tell_general_ratio"}
