@@ -273,7 +273,7 @@ def test_the_end_point_check_lets_only_evaluation_keys_differ():
 
 def test_the_seed_steps_run_only_the_default_cells():
     """`bench/leverage_cpu.sh s30/s100` (seeds_at) add seeds to sft_best, TELL and tell_best at the defaults; at 100
-    rows the lever blocks (12 repeats, weight 3, learning rate 2e-4) also hold `tell` cells on every seed, and the
+    rows the lever blocks (12 repeats, weight 3, learning rate 2e-4, ratio 10) also hold `tell` cells on every seed, and the
     step once selected them too: three unplanned lever runs per task and seed."""
     import re
     import shlex
