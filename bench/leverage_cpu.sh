@@ -24,8 +24,8 @@ step_new10()  { for t in sports_understanding object_counting fact_verification 
                   cells --tasks "$t" --sizes 10 --seeds 0; done; }            # the four new tasks, 10 rows
 step_os100()  { cells --tasks opinion_sentiment --sizes 100 --seeds 0; }
 step_new30()  { for t in sports_understanding object_counting; do         # 30 rows, where the GPU runs trailed:
-                  cells --tasks "$t" --sizes 30 --seeds 0 --methods tell tell_best    # TELL first, then SFT and
-                  cells --tasks "$t" --sizes 30 --seeds 0; done; }                     # its peers
+                  cells --tasks "$t" --sizes 30 --seeds 0 --methods tell tell_best --repeats auto  # TELL first,
+                  cells --tasks "$t" --sizes 30 --seeds 0 --repeats auto; done; }     # then SFT and its peers
 step_seeds30() { for s in 1 2; do       # the seed spread at 30 rows, on object_counting: the one new task where a
                   cells --tasks object_counting --sizes 30 --seeds "$s" \
                     --methods tell tell_best sft_best sft_scaled; done; }  # method clears the constant answer at seed 0
@@ -44,11 +44,12 @@ step_dev10()  { for t in question_formation opinion_sentiment; do    # tell_best
                   cells --tasks "$t" --sizes 10 --seeds 0 --methods sft_best tell tell_best; done; }  # chosen on
 step_qf100tb() { cells --tasks question_formation --sizes 100 --seeds 0 --methods tell_best; }  # completes qf100
 step_dev30()  { for t in question_formation opinion_sentiment; do    # the same at 30 rows
-                  cells --tasks "$t" --sizes 30 --seeds 0 --methods sft_best tell tell_best; done; }
+                  cells --tasks "$t" --sizes 30 --seeds 0 --methods sft_best tell tell_best --repeats auto; done; }
 step_qf30tb() { cells --tasks question_formation --sizes 30 --seeds 0 --methods tell_best; }  # completes dev30's qf
-step_os30()   { cells --tasks opinion_sentiment --sizes 30 --seeds 0 --methods tell sft_best tell_best; }
+step_os30()   { cells --tasks opinion_sentiment --sizes 30 --seeds 0 --methods tell sft_best tell_best --repeats auto; }
 step_new30b() { for t in fact_verification disfl_qa; do    # the last two tasks at 30 rows (README: every task, every
-                  cells --tasks "$t" --sizes 30 --seeds 0 --methods tell tell_best sft_best zero_shot; done; }  # size)
+                  cells --tasks "$t" --sizes 30 --seeds 0 --methods tell tell_best sft_best zero_shot \
+                    --repeats auto; done; }  # size)
 step_reps100() { for t in object_counting opinion_sentiment question_formation sports_understanding \
                   fact_verification disfl_qa; do        # rule 4's lever at 100 rows, seed 0 on all six (rules 1-2),
                   cells --tasks "$t" --sizes 100 --seeds 0 --methods tell; done; }  # 12 repeats vs auto's 6
@@ -71,6 +72,9 @@ step_tb12_100() { for t in ${TASKS:-object_counting opinion_sentiment question_f
 step_g10_100() { for t in ${TASKS:-object_counting opinion_sentiment question_formation sports_understanding \
                   fact_verification disfl_qa}; do   # rule 4's last lever at 100 rows, seed 0: ratio 10 vs 3
                   cells --tasks "$t" --sizes 100 --seeds 0 --methods tell --variants g10; done; }
+step_r40_30() { for t in ${TASKS:-object_counting opinion_sentiment question_formation sports_understanding \
+                  fact_verification disfl_qa}; do   # rule 4's first lever at 30 rows on every task and seed (the
+                  cells --tasks "$t" --sizes 30 --seeds 0 1 2 --methods tell --repeats 40; done; }  # 40 vs auto's 20
 seeds_at() { local n=$1; shift      # sft_best, TELL and tell_best at n rows on each of SEEDS (default 1 2) and
   for s in ${SEEDS:-1 2}; do for t in ${TASKS:-$*}; do   # TASKS (default: the tasks given), TELL read from tell_best;
     cells --tasks "$t" --sizes "$n" --seeds "$s" --methods sft_best tell tell_best --repeats auto --variants - \

@@ -300,7 +300,7 @@ def _leverage_step_selection(step: str, task: str):
     import run as bench_run
 
     script = re.sub(r"\\\n\s*", " ", (ROOT / "bench" / "leverage_cpu.sh").read_text())
-    body = re.search(rf"\nstep_{step}\(\) \{{(.*?done; \}})", script, re.S).group(1)
+    body = re.search(rf"\nstep_{step}\(\)\s+\{{(.*?done; \}})", script, re.S).group(1)
     call = re.search(r'cells (--tasks "\$t" .*?); done', body, re.S).group(1)
     argv = [a.replace("$t", task) for a in shlex.split(call)]
     args = bench_run.parse_args(["--grid", "leverage_cpu", "--out", "unused.json", *argv])
@@ -330,3 +330,19 @@ def test_the_ratio_step_runs_one_ratio_10_tell_cell_and_nothing_else():
     recorded = {"method": "tell", "task_rows": 100, "task_repeats": 6, "task_loss_weight": 10.0, "tell_keys": {}}
     assert levers_off_default({**recorded, "general_ratio": 3.0}) == set()
     assert levers_off_default({**recorded, "general_ratio": 10.0}) == {"tell_general_ratio"}
+
+
+def test_the_30_row_repeats_step_runs_40_repeat_tell_cells_on_every_seed_and_nothing_else():
+    """`bench/leverage_cpu.sh r40_30` (rule 4's first lever at 30 rows, on all six tasks since the twentieth session):
+    the 40-repeat `tell` cell on seeds 0-2, never the default cell beside it (same method, rows and seeds)."""
+    _, chosen = _leverage_step_selection("r40_30", "opinion_sentiment")
+    assert sorted(c.key for c in chosen) == [f"opinion_sentiment|tell|n=30|seed={s}|r=40|g=3" for s in (0, 1, 2)]
+
+
+def test_the_recorded_30_row_steps_still_select_only_their_default_cells():
+    """The 40-repeat block covers every task at 30 rows, so the steps that recorded the default 30-row cells
+    (new30, dev30, os30, new30b) say `--repeats auto`; without it a rerun would add a 40-repeat lever run."""
+    for step, task in (("new30", "sports_understanding"), ("dev30", "opinion_sentiment"),
+                       ("new30b", "fact_verification")):
+        _, chosen = _leverage_step_selection(step, task)
+        assert chosen and all(c.task_repeats == "auto" for c in chosen), (step, [c.key for c in chosen])
