@@ -37,8 +37,9 @@ SHORTFALL_POLICIES = ("error", "warn", "upsample")
 # x 20: 0.94 vs 0.92 for twice the steps, so the cap stays 20; issue 24's lever at 30
 # rows (x 40 vs x 20, validation, 5 counted pairs on object_counting and
 # opinion_sentiment) gained +0.052 on average but lost one pair (0.62 vs 0.64), which
-# fails the rule written before its runs. Hence 600: 30 rows get the cap's 20. At 100 rows (x 6; issue 24, bench/results/leverage_cpu.json, weight 10,
-# ratio 3, seed 0 unless said) TELL vs sft_best: question_formation 1.00 vs 1.00,
+# fails the rule written before its runs. Hence 600: 30 rows get the cap's 20. At
+# 100 rows (x 6; issue 24, bench/results/leverage_cpu.json, weight 10, ratio 3, seed 0
+# unless said) TELL vs sft_best: question_formation 1.00 vs 1.00,
 # object_counting 0.387 vs 0.337 (seeds 0-2: 0.39/0.29, 0.39/0.33, 0.38/0.39),
 # opinion_sentiment 0.74 vs 0.76; at their one-answer floors sports_understanding 0.56
 # vs 0.51 (floor 0.51), fact_verification 0.45 vs 0.48 (floor 0.47) and disfl_qa 0.28

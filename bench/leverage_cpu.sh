@@ -74,7 +74,7 @@ step_g10_100() { for t in ${TASKS:-object_counting opinion_sentiment question_fo
                   cells --tasks "$t" --sizes 100 --seeds 0 --methods tell --variants g10; done; }
 step_r40_30() { for t in ${TASKS:-object_counting opinion_sentiment question_formation sports_understanding \
                   fact_verification disfl_qa}; do   # rule 4's first lever at 30 rows on every task and seed (the
-                  cells --tasks "$t" --sizes 30 --seeds 0 1 2 --methods tell --repeats 40; done; }  # 40 vs 20: failed (BENCHMARKS)
+                  cells --tasks "$t" --sizes 30 --seeds 0 1 2 --methods tell --repeats 40; done; }  # 40 vs 20: failed
 seeds_at() { local n=$1; shift      # sft_best, TELL and tell_best at n rows on each of SEEDS (default 1 2) and
   for s in ${SEEDS:-1 2}; do for t in ${TASKS:-$*}; do   # TASKS (default: the tasks given), TELL read from tell_best;
     cells --tasks "$t" --sizes "$n" --seeds "$s" --methods sft_best tell tell_best --repeats auto --variants - \
