@@ -75,6 +75,9 @@ step_g10_100() { for t in ${TASKS:-object_counting opinion_sentiment question_fo
 step_r40_30() { for t in ${TASKS:-object_counting opinion_sentiment question_formation sports_understanding \
                   fact_verification disfl_qa}; do   # rule 4's first lever at 30 rows on every task and seed (the
                   cells --tasks "$t" --sizes 30 --seeds 0 1 2 --methods tell --repeats 40; done; }  # 40 vs 20: failed
+step_na10() { for t in ${TASKS:-opinion_sentiment question_formation}; do   # the plain-mixing peer on the two
+                  cells --tasks "$t" --sizes 10 --seeds 0 1 2 --methods tell_no_anchor; done; }  # 10-row cells that
+                                # rank methods (above the constant answer, under the ceiling), every seed TELL has
 seeds_at() { local n=$1; shift      # sft_best, TELL and tell_best at n rows on each of SEEDS (default 1 2) and
   for s in ${SEEDS:-1 2}; do for t in ${TASKS:-$*}; do   # TASKS (default: the tasks given), TELL read from tell_best;
     cells --tasks "$t" --sizes "$n" --seeds "$s" --methods sft_best tell tell_best --repeats auto --variants - \
