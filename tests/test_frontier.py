@@ -309,6 +309,19 @@ def test_peers_are_read_against_tell_on_both_axes():
     assert peers([base, tell]) == ""
 
 
+def test_peers_show_the_gap_to_tell_seed_by_seed_on_the_seeds_both_ran():
+    from tellbench.frontier import peers
+
+    runs = [run("t", "zero_shot", 0, 0.0, 1.6)]
+    for seed, tell in enumerate([0.60, 0.70, 0.50]):
+        runs.append({**tell_run(10, 20), **run("t", "tell", seed, tell, 1.59)})
+    runs += [run("t", "tell_no_anchor", 0, 0.65, 1.58), run("t", "tell_no_anchor", 2, 0.40, 1.58)]
+    lines = peers(runs).splitlines()
+    assert "peer − TELL by seed" in lines[0]
+    # seeds 0 and 2 only (seed 1 has no peer run); the paired mean is over those two, not TELL's three seeds
+    assert "| s0 +0.05 s2 -0.10 (paired mean -0.025) |" in lines[2]
+
+
 def test_constant_answer_is_the_best_single_answer_among_the_most_common_references():
     from tellbench.scoring import answer_mix, constant_answer
 

@@ -497,11 +497,22 @@ def peers(runs: list[dict]) -> str:
                 misses.append(f"general loss +{pd:.3f} over the base")
             verdict = ("no TELL run to compare" if not tell else "; ".join(misses) or "matches TELL on both axes")
             lines.append(f"| {task} | {rows} | {peer} | {_fmt(*_ms(p['score']))} | {pd:+.3f} | "
-                         f"{_fmt(*_ms(tell['score'])) if tell else '–'} | {verdict} |")
+                         f"{_fmt(*_ms(tell['score'])) if tell else '–'} | {_paired_gaps(p, tell)} | {verdict} |")
     if not lines:
         return ""
-    return "\n".join(["| task | rows | peer | score | Δ general loss | TELL (defaults) score | reading |",
-                      "|---|---:|---|---|---:|---|---|", *lines])
+    return "\n".join(["| task | rows | peer | score | Δ general loss | TELL (defaults) score | peer − TELL by seed "
+                      "| reading |", "|---|---:|---|---|---:|---|---|---|", *lines])
+
+
+def _paired_gaps(point: dict, tell: dict | None) -> str:
+    """One method minus TELL on each seed both ran, and their mean: the reading's means may pool other seeds."""
+    mine, theirs = _by_seed(point), _by_seed(tell) if tell else {}
+    both = sorted(set(mine) & set(theirs))
+    if not both:
+        return "–"
+    gaps = [mine[s] - theirs[s] for s in both]
+    shown = " ".join(f"s{s} {round(g, 2) + 0.0:+.2f}" for s, g in zip(both, gaps))  # + 0.0: no -0.00
+    return f"{shown} (paired mean {statistics.mean(gaps):+.3f})"
 
 
 EFFICIENCY = 3  # issue 24's data-efficiency view: TELL at N task rows against sft_best at (at least) 3N rows

@@ -252,8 +252,10 @@ def write(results_path: Path) -> str:
         if peer_table:
             frontier_part += ("## Peers\n\nWhat a user would do instead to keep general skill, against TELL at the "
                               "defaults: `sft_scaled` (the `sft_best` adapter scaled down, the scale chosen on "
-                              "validation rows; no training) and `tell_no_anchor` (the same mix without the "
-                              "anchor).\n\n" + peer_table + "\n\n")
+                              "validation rows; no training) and `tell_no_anchor` (the same mix in the same order "
+                              "trained by plain Axolotl: without the anchor and without the task loss weight, i.e. "
+                              "plain dataset mixing). The reading compares means over each method's own seeds; the "
+                              "column before it pairs the seeds both ran.\n\n" + peer_table + "\n\n")
         floor_table = frontier.floors(runs)
         if floor_table:
             frontier_part += ("## Constant answer\n\nThe best score one fixed answer gets on each cell's test rows "
