@@ -339,6 +339,14 @@ def test_the_30_row_repeats_step_runs_40_repeat_tell_cells_on_every_seed_and_not
     assert sorted(c.key for c in chosen) == [f"opinion_sentiment|tell|n=30|seed={s}|r=40|g=3" for s in (0, 1, 2)]
 
 
+def test_the_plain_mixing_step_runs_tell_no_anchor_at_10_rows_on_every_seed_and_nothing_else():
+    """`bench/leverage_cpu.sh na10` (twenty-third session): the peer `tell_no_anchor` on seeds 0-2 at 10 rows, the
+    seeds TELL has there; never a TELL cell (it reads TELL's plan through the plugin, it does not record one)."""
+    _, chosen = _leverage_step_selection("na10", "question_formation")
+    assert sorted(c.key for c in chosen) == [f"question_formation|tell_no_anchor|n=10|seed={s}|r=auto|g=3"
+                                             for s in (0, 1, 2)]
+
+
 def test_the_recorded_30_row_steps_still_select_only_their_default_cells():
     """The 40-repeat block covers every task at 30 rows, so the steps that recorded the default 30-row cells
     (new30, dev30, os30, new30b) say `--repeats auto`; without it a rerun would add a 40-repeat lever run. (os30
