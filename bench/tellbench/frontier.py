@@ -398,6 +398,12 @@ def _by_seed(point: dict) -> dict:
     return {seed: statistics.mean(scores) for seed, scores in seeds.items()}
 
 
+def _seed_gaps(mine: dict, theirs: dict) -> str:
+    """``mine - theirs`` on each seed both have ({seed: score}), e.g. "s0 +0.02 s2 -0.10"; "" when none is shared."""
+    return " ".join(f"s{seed} {round(mine[seed] - theirs[seed], 2) + 0.0:+.2f}"  # + 0.0: no -0.00
+                    for seed in sorted(set(mine) & set(theirs)))
+
+
 def seed_spread(runs: list[dict]) -> str:
     """Issue 24's seed spread: per cell with 2+ seeds, each method's score by seed and its range (max - min), and
     TELL minus ``sft_best`` seed by seed; then how often TELL's range is the wider one. A wide gap swing with a
@@ -415,8 +421,7 @@ def seed_spread(runs: list[dict]) -> str:
             columns.append(f"{shown} (range {max(scores.values()) - min(scores.values()):.2f})"
                            if len(scores) > 1 else shown or "–")
         best, tell = seeded.get("sft_best", {}), seeded.get("TELL (defaults)", {})
-        both = sorted(set(best) & set(tell))
-        gaps = " ".join(f"s{seed} {round(tell[seed] - best[seed], 2) + 0.0:+.2f}" for seed in both) or "–"  # no -0.00
+        gaps = _seed_gaps(tell, best) or "–"
         if len(best) > 1 and len(tell) > 1:
             wider[floor][0] += (max(tell.values()) - min(tell.values())) > (max(best.values()) - min(best.values()))
             wider[floor][1] += 1
@@ -507,11 +512,10 @@ def peers(runs: list[dict]) -> str:
 def _paired_gaps(point: dict, tell: dict | None) -> str:
     """One method minus TELL on each seed both ran, and their mean: the reading's means may pool other seeds."""
     mine, theirs = _by_seed(point), _by_seed(tell) if tell else {}
-    both = sorted(set(mine) & set(theirs))
-    if not both:
+    shown = _seed_gaps(mine, theirs)
+    if not shown:
         return "–"
-    gaps = [mine[s] - theirs[s] for s in both]
-    shown = " ".join(f"s{s} {round(g, 2) + 0.0:+.2f}" for s, g in zip(both, gaps))  # + 0.0: no -0.00
+    gaps = [mine[s] - theirs[s] for s in sorted(set(mine) & set(theirs))]
     return f"{shown} (paired mean {statistics.mean(gaps):+.3f})"
 
 
